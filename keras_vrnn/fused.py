@@ -1,0 +1,116 @@
+"""The fused fast path of `VanillaRNN`: one GEMM in, a lean loop, hand-written BPTT.
+
+Why it is faster than the generic `keras.layers.RNN` loop: on CPU a vanilla
+RNN step is a tiny (batch, units) x (units, units) product, so per-step
+framework overhead dominates, not FLOPs. The fused path
+
+1. projects the inputs of all time steps at once, `X @ W_xh + b`, as one GEMM
+   outside the loop (autodiff gives dW_xh, db and dX as single GEMMs too);
+2. runs a forward loop carrying only `h_{t-1} @ W_hh` (matmul, add,
+   activation per step), several steps per loop iteration;
+3. differentiates the loop with a custom gradient: a reverse loop carrying
+   only `dz_t = (g_t + carry) * act'(z_t)`, `carry = dz_t @ W_hh^T`, and then
+   `dW_hh = H_prev^T @ dZ` as one GEMM after the loop.
+
+Memory: the backward keeps the T hidden states and the projected inputs,
+O(batch * T * units), nothing per step beyond that.
+
+Backends: TensorFlow (`tf.while_loop` over chunks of steps, XLA-compiled on
+CPU, with `tf.custom_gradient`) and JAX (`lax.scan` with `jax.custom_vjp`).
+Other backends, masks, `unroll=True` and activations other than tanh, relu,
+sigmoid and linear use the generic loop.
+
+A gradient probe (see `keras_vrnn.probe`) is supported: `h_t = act(z_t) +
+p_t`, and the probe's gradient is the total dL/dh_t the reverse loop already
+computes.
+"""
+
+import keras
+from keras import activations
+from keras import ops
+
+SUPPORTED_ACTIVATIONS = ("tanh", "relu", "sigmoid", "linear")
+
+
+def activation_name(activation):
+    """The name of a supported Keras activation, or None."""
+    if activation is None:
+        return "linear"
+    for name in SUPPORTED_ACTIVATIONS:
+        if activation is activations.get(name):
+            return name
+    return None
+
+
+def unsupported_reason(layer, mask, direct_only=False):
+    """Why the fused path cannot run `layer` (a string), or None if it can."""
+    backend = keras.backend.backend()
+    if backend not in ("tensorflow", "jax"):
+        return f"the {backend} backend is not covered (tensorflow and jax are)"
+    if mask is not None:
+        return "a mask was given (masked steps need the generic loop)"
+    if layer.unroll:
+        return "unroll=True asks for the unrolled generic loop"
+    if activation_name(layer.cell.activation) is None:
+        return (
+            f"activation {layer.cell.activation!r} is not one of "
+            f"{SUPPORTED_ACTIVATIONS}"
+        )
+    if direct_only:
+        return "a direct-only gradient probe cuts the recurrence"
+    return None
+
+
+def fused_inner_loop(layer, sequences, initial_state, training=False, probe=None):
+    """Drop-in for `RNN.inner_loop`: returns `(last_output, outputs, states)`."""
+    cell = layer.cell
+    dtype = sequences.dtype
+    h0 = initial_state[0] if isinstance(initial_state, (list, tuple)) else initial_state
+    h0 = ops.cast(h0, dtype)
+    x = sequences
+    # Dropout masks are the cell's own (one per sequence), so both paths drop
+    # exactly the same units for the same seed.
+    if training and cell.dropout > 0:
+        x = x * ops.expand_dims(cell.get_dropout_mask(x[:, 0, :]), 1)
+    rec_mask = None
+    if training and cell.recurrent_dropout > 0:
+        rec_mask = ops.cast(cell.get_recurrent_dropout_mask(h0), dtype)
+
+    kernel = ops.cast(cell.kernel, dtype)
+    recurrent_kernel = ops.cast(cell.recurrent_kernel, dtype)
+    # Time-major (T, B, .) so the loop indexes its leading axis.
+    x = ops.transpose(x, (1, 0, 2))
+    if probe is not None:
+        probe = ops.transpose(ops.cast(probe, dtype), (1, 0, 2))
+    if layer.go_backwards:
+        x = ops.flip(x, axis=0)
+        if probe is not None:
+            probe = ops.flip(probe, axis=0)
+    timesteps, batch, features = ops.shape(x)
+    units = cell.units
+    projected = ops.matmul(ops.reshape(x, (-1, features)), kernel)
+    if cell.bias is not None:
+        projected = projected + ops.cast(cell.bias, dtype)
+    projected = ops.reshape(projected, (timesteps, batch, units))
+
+    act = activation_name(cell.activation)
+    if keras.backend.backend() == "tensorflow":
+        from keras_vrnn import fused_tf as impl
+    else:
+        from keras_vrnn import fused_jax as impl
+    hs = impl.recurrence(projected, h0, recurrent_kernel, act, rec_mask, probe)
+
+    last = hs[-1]
+    outputs = ops.transpose(hs, (1, 0, 2))
+    return last, outputs, [last]
+
+
+def activation_derivative(act, a):
+    """act'(z) written in terms of the activation's output a = act(z)."""
+    if act == "tanh":
+        return 1.0 - a * a
+    if act == "sigmoid":
+        return a * (1.0 - a)
+    if act == "relu":
+        return ops.cast(a > 0, a.dtype)
+    return None  # linear: derivative 1, multiplication skipped
