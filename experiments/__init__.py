@@ -1,0 +1,1 @@
+"""Experiments for `keras_vrnn`: data loading, synthetic tasks and run scripts."""
