@@ -28,7 +28,8 @@ _ACTIVATIONS = {
 
 def _chunked(t, timesteps, n_chunks, chunk):
     """(T, B, H) -> (n_chunks, chunk, B, H), zero-padded at the end."""
-    pad = n_chunks * chunk - timesteps
+    # Static lengths only: with an unknown length chunk == 1 and nothing pads.
+    pad = n_chunks * chunk - timesteps if isinstance(timesteps, int) else 0
     if pad:
         t = tf.pad(t, [[0, pad], [0, 0], [0, 0]])
     shape = tf.shape(t)
@@ -78,11 +79,15 @@ def _forward(projected, h0, recurrent_kernel, rec_mask, probe, act):
     return _unchunked(out.stack(), timesteps)
 
 
-def _backward(upstream, derivative, recurrent_kernel, rec_mask, want_dh):
+def _backward(upstream, hs, h0, recurrent_kernel, rec_mask, probe, act):
+    """dZ (= dL/d projected), dL/dh_t (probe only), dL/dh0 and dL/dW_hh."""
+    a = hs if probe is None else hs - probe
+    derivative = activation_derivative(act, a)
     timesteps, chunk, n_chunks = _layout(upstream)
     gs = _chunked(upstream, timesteps, n_chunks, chunk)
     # Padded steps get derivative 0, so the carry stays exactly 0 there.
     ds = None if derivative is None else _chunked(derivative, timesteps, n_chunks, chunk)
+    want_dh = probe is not None
     dz_out = tf.TensorArray(upstream.dtype, size=n_chunks)
     dh_out = tf.TensorArray(upstream.dtype, size=n_chunks)
 
@@ -112,11 +117,21 @@ def _backward(upstream, derivative, recurrent_kernel, rec_mask, want_dh):
     )
     dz = _unchunked(dz_out.stack(), timesteps)
     dh = _unchunked(dh_out.stack(), timesteps) if want_dh else None
-    return dz, dh, dh0
+    # dW_hh = sum_t (h_{t-1} * m)^T dz_t, as one GEMM over all steps.
+    h_prev = tf.concat([h0[None], hs[:-1]], axis=0)
+    if rec_mask is not None:
+        h_prev = h_prev * rec_mask
+    units = tf.shape(hs)[-1]
+    d_kernel = tf.matmul(
+        tf.reshape(h_prev, [-1, units]), tf.reshape(dz, [-1, units]), transpose_a=True
+    )
+    return dz, dh, dh0, d_kernel
 
 
-_forward_xla = tf.function(_forward, jit_compile=True, reduce_retracing=True)
-_backward_xla = tf.function(_backward, jit_compile=True, reduce_retracing=True)
+# No `reduce_retracing`: it would relax the static time length the chunked
+# layout relies on; one trace per input shape is what we want.
+_forward_xla = tf.function(_forward, jit_compile=True)
+_backward_xla = tf.function(_backward, jit_compile=True)
 
 
 def recurrence(projected, h0, recurrent_kernel, act, rec_mask=None, probe=None):
@@ -145,18 +160,7 @@ def recurrence(projected, h0, recurrent_kernel, act, rec_mask=None, probe=None):
         )
 
         def grad(upstream):
-            a = hs if p is None else hs - p
-            derivative = activation_derivative(act, a)
-            dz, dh, dh0 = backward(upstream, derivative, recurrent_kernel, m, p is not None)
-            h_prev = tf.concat([h0[None], hs[:-1]], axis=0)
-            if m is not None:
-                h_prev = h_prev * m
-            units = tf.shape(hs)[-1]
-            d_kernel = tf.matmul(
-                tf.reshape(h_prev, [-1, units]),
-                tf.reshape(dz, [-1, units]),
-                transpose_a=True,
-            )
+            dz, dh, dh0, d_kernel = backward(upstream, hs, h0, recurrent_kernel, m, p, act)
             grads = [dz, dh0, d_kernel]
             if m is not None:
                 grads.append(tf.zeros_like(m))  # masks are constants
