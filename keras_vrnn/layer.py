@@ -111,7 +111,9 @@ class VanillaRNN(keras.layers.RNN):
         use_fused="auto",
         **kwargs,
     ):
-        if use_fused not in _USE_FUSED_VALUES:
+        # Identity, not `in`: 1, 0 and 1.0 compare equal to True/False but
+        # would not behave like them (`use_fused is True` in inner_loop).
+        if not (use_fused is True or use_fused is False or use_fused == "auto"):
             raise ValueError(
                 f"Received: use_fused={use_fused!r}. Expected one of "
                 "'auto', True or False."
@@ -214,7 +216,9 @@ class VanillaRNN(keras.layers.RNN):
         if isinstance(mask, (list, tuple)):
             mask = mask[0]
         probe, direct_only = probe_lib.get_probe(self)
-        if self.use_fused in ("auto", True):
+        # A direct-only probe cuts the recurrence, which only the generic
+        # loop can do; a diagnostic must not fail on the user's use_fused.
+        if self.use_fused in ("auto", True) and not direct_only:
             reason = fused.unsupported_reason(self, mask, direct_only)
             if reason is None:
                 return fused.fused_inner_loop(

@@ -1,0 +1,784 @@
+"""Gradient diagnostics: per-timestep BPTT gradient norms, and their causes.
+
+Effect: `timestep_gradient_norms` measures, for every vanilla RNN layer of a
+compiled model, the exact total gradient norm `||dL/dh_t||_2` of the model's
+loss with respect to the hidden state at every time step t, from one forward
+and one backward pass (zero probes, see `keras_vrnn.probe`). Vanishing
+gradients show as norms that shrink geometrically with the number of steps
+back from the end; exploding gradients as norms that grow.
+
+Cause: the backward pass multiplies, once per step, the Jacobian
+`dh_s/dh_{s-1} = diag(act'(z_s)) W_hh^T`. `recurrent_kernel_stats` reports
+the spectral radius and largest singular value of `W_hh`;
+`state_jacobian_norms` the norm of the product of those Jacobians,
+`||dh_T/dh_t||_2`, on real data (the activation's derivative included).
+
+Summaries: `fit_decay_factor` fits the per-step growth/decay factor of a norm
+profile, `effective_horizon` counts how many steps back the gradient stays
+within a factor `threshold` of its last-step value.
+
+Layers are found by walking the model (nested models and layers included):
+`keras_vrnn.VanillaRNN`, `keras.layers.RNN` wrapping one
+`keras_vrnn.VanillaRNNCell`, and `keras.layers.Bidirectional` around either
+(reported as `"<name>/forward"` and `"<name>/backward"`, both indexed by
+input time).
+"""
+
+import contextlib
+import logging
+import weakref
+
+import keras
+import numpy as np
+
+from keras_vrnn import fused
+from keras_vrnn import initializers as vrnn_initializers
+from keras_vrnn import probe as probe_lib
+from keras_vrnn.cell import VanillaRNNCell
+
+logger = logging.getLogger("keras_vrnn")
+
+__all__ = [
+    "effective_horizon",
+    "fit_decay_factor",
+    "recurrent_kernel_stats",
+    "rnn_layers",
+    "state_jacobian_norms",
+    "timestep_gradient_norms",
+]
+
+
+# ---------------------------------------------------------------------------
+# Finding the layers
+# ---------------------------------------------------------------------------
+
+
+def _is_vanilla_rnn(layer):
+    return isinstance(layer, keras.layers.RNN) and isinstance(
+        layer.cell, VanillaRNNCell
+    )
+
+
+def _is_stacked_vanilla(layer):
+    cells = getattr(getattr(layer, "cell", None), "cells", None)
+    return isinstance(layer, keras.layers.RNN) and any(
+        isinstance(c, VanillaRNNCell) for c in (cells or ())
+    )
+
+
+def _children(layer):
+    try:
+        return list(layer._flatten_layers(include_self=False, recursive=False))
+    except AttributeError:  # not a Keras layer
+        return list(getattr(layer, "layers", []) or [])
+
+
+def rnn_layers(model):
+    """Lists the vanilla RNN layers of a model, in call-graph order.
+
+    Walks `model` and every nested model or layer. Found:
+    `keras_vrnn.VanillaRNN`, `keras.layers.RNN` wrapping a single
+    `keras_vrnn.VanillaRNNCell`, and `keras.layers.Bidirectional` wrapping
+    either (two entries, `"<name>/forward"` and `"<name>/backward"`).
+    `keras.layers.RNN` around a list of cells (`StackedRNNCells`) cannot be
+    probed and is skipped with a logged warning: use one layer per cell.
+
+    Args:
+        model: A Keras model or layer (it may itself be an RNN layer or a
+            `Bidirectional`).
+
+    Returns:
+        A list of `(key, layer)` pairs. Keys are layer names, made unique with
+        the path of enclosing layers when two layers share a name.
+    """
+    found = []  # (path tuple, suffix or None, layer)
+    seen = set()
+
+    def visit(layer, path):
+        if id(layer) in seen:
+            return
+        seen.add(id(layer))
+        here = path + (layer.name,)
+        if isinstance(layer, keras.layers.Bidirectional):
+            if _is_vanilla_rnn(layer.forward_layer) and _is_vanilla_rnn(
+                layer.backward_layer
+            ):
+                found.append((here, "forward", layer.forward_layer))
+                found.append((here, "backward", layer.backward_layer))
+                return
+        if _is_vanilla_rnn(layer):
+            found.append((here, None, layer))
+            return
+        if _is_stacked_vanilla(layer):
+            logger.warning(
+                "keras_vrnn: layer '%s' is a keras.layers.RNN over a list of "
+                "cells (StackedRNNCells), which gradient probes do not "
+                "support; it is skipped. Use one RNN layer per cell.",
+                layer.name,
+            )
+            return
+        for child in _children(layer):
+            visit(child, here)
+
+    visit(model, ())
+    names = [p[-1] for p in dict.fromkeys(p for p, _, _ in found)]
+    result = []
+    for path, suffix, layer in found:
+        # The outermost model's name is never part of a key.
+        key = path[-1] if names.count(path[-1]) == 1 else "/".join(path[1:] or path)
+        if suffix is not None:
+            key = f"{key}/{suffix}"
+        result.append((key, layer))
+    return result
+
+
+# ---------------------------------------------------------------------------
+# Input checks
+# ---------------------------------------------------------------------------
+
+
+def _require_tensorflow(what):
+    backend = keras.backend.backend()
+    if backend != "tensorflow":
+        raise RuntimeError(
+            f"{what} needs the TensorFlow backend (it uses tf.GradientTape and "
+            f"tf.function). Received: backend={backend!r}. Set "
+            "KERAS_BACKEND=tensorflow before importing keras."
+        )
+
+
+def _leaves(structure):
+    return [a for a in keras.tree.flatten(structure) if a is not None]
+
+
+def _batch_size(name, structure):
+    sizes = set()
+    for leaf in _leaves(structure):
+        shape = getattr(leaf, "shape", None)
+        if shape is None:
+            shape = np.shape(leaf)
+        if len(shape) == 0:
+            raise ValueError(
+                f"`{name}` must be batched arrays (leading batch axis). "
+                f"Received: {name} with a scalar of type {type(leaf).__name__}."
+            )
+        sizes.add(shape[0])
+    if len(sizes) > 1:
+        raise ValueError(
+            f"All arrays in `{name}` must have the same batch size. "
+            f"Received: {name} with batch sizes {sorted(sizes)}."
+        )
+    return sizes.pop() if sizes else None
+
+
+def check_batch(x, y, sample_weight=None):
+    """Validates `(x, y, sample_weight)` and returns the batch size."""
+    if x is None or not _leaves(x):
+        raise ValueError(f"`x` must hold input arrays. Received: x={x!r}.")
+    bx = _batch_size("x", x)
+    sizes = {"x": bx}
+    if y is not None:
+        sizes["y"] = _batch_size("y", y)
+    if sample_weight is not None:
+        sizes["sample_weight"] = _batch_size("sample_weight", sample_weight)
+    if len({s for s in sizes.values() if s is not None}) > 1:
+        details = ", ".join(f"{k} batch size {v}" for k, v in sizes.items())
+        raise ValueError(
+            f"x, y and sample_weight must have the same number of samples. "
+            f"Received: {details}."
+        )
+    if bx == 0:
+        raise ValueError("`x` must hold at least one sample. Received: batch size 0.")
+    return bx
+
+
+def _check_model(model, what):
+    if not isinstance(model, keras.Model):
+        raise ValueError(
+            f"{what} needs a compiled keras.Model. Received: model of type "
+            f"{type(model).__name__}."
+        )
+    if not getattr(model, "compiled", False):
+        raise ValueError(
+            f"{what} differentiates the model's compiled loss, but the model "
+            f"is not compiled. Received: model '{model.name}' (not compiled). "
+            "Call model.compile(loss=...) first."
+        )
+
+
+def _to_tensor(a):
+    import tensorflow as tf
+
+    if a is None:
+        return None
+    if isinstance(a, np.ndarray) and a.dtype.kind == "f":
+        # As Keras' data adapters do: float arrays are fed as floatx.
+        a = a.astype(keras.config.floatx(), copy=False)
+    return tf.convert_to_tensor(a)
+
+
+# ---------------------------------------------------------------------------
+# Per-timestep gradient norms
+# ---------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _probing(entries, tape, records, direct):
+    """Patches each layer's `call` (for the duration) so that every call
+    creates a zero probe shaped like its input sequence, watches it on `tape`
+    and runs with it attached (`probe.attached_probe`)."""
+    patched = []
+
+    def make_call(key, layer, original):
+        def call(sequences, *args, **kwargs):
+            shape = keras.ops.shape(sequences)
+            dtype = sequences.dtype
+            if not dtype.is_floating:
+                dtype = layer.compute_dtype
+            probe = keras.ops.zeros(
+                (shape[0], shape[1], layer.cell.units), dtype=dtype
+            )
+            tape.watch(probe)
+            records.setdefault(key, []).append(probe)
+            with probe_lib.attached_probe(layer, probe, direct_only=direct):
+                return original(sequences, *args, **kwargs)
+
+        return call
+
+    try:
+        for key, layer in entries:
+            previous = layer.__dict__.get("call")
+            original = layer.call
+            object.__setattr__(layer, "call", make_call(key, layer, original))
+            patched.append((layer, previous))
+        yield
+    finally:
+        for layer, previous in reversed(patched):
+            if previous is None:
+                object.__delattr__(layer, "call")
+            else:
+                object.__setattr__(layer, "call", previous)
+
+
+def _row_norms(g):
+    """||g||_2 over the last axis, as float64.
+
+    Float32 / float16 gradients are squared in float64, which can neither
+    overflow nor underflow for any value of those dtypes, so a vanishing
+    gradient of 1e-30 keeps its exact norm. Float64 gradients are rescaled
+    by their row maximum first.
+    """
+    import tensorflow as tf
+
+    if g.dtype != tf.float64:
+        g = tf.cast(g, tf.float64)
+        return tf.sqrt(tf.reduce_sum(tf.square(g), axis=-1))
+    scale = tf.reduce_max(tf.abs(g), axis=-1, keepdims=True)
+    finite_scale = tf.math.is_finite(scale) & (scale > 0)
+    safe = tf.where(finite_scale, scale, tf.ones_like(scale))
+    norms = tf.squeeze(safe, -1) * tf.sqrt(tf.reduce_sum(tf.square(g / safe), -1))
+    scale = tf.squeeze(scale, -1)
+    norms = tf.where(tf.math.is_inf(scale), tf.constant(np.inf, tf.float64), norms)
+    has_nan = tf.reduce_any(tf.math.is_nan(g), axis=-1)
+    return tf.where(has_nan, tf.constant(np.nan, tf.float64), norms)
+
+
+def _compute_loss(model, x, y, y_pred, sample_weight):
+    if getattr(model, "_compute_loss_has_training_arg", True):
+        return model.compute_loss(
+            x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=False
+        )
+    return model.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight)
+
+
+def _stateful_variables(entries):
+    variables = []
+    for _, layer in entries:
+        if getattr(layer, "stateful", False) and layer.states is not None:
+            states = keras.tree.flatten(layer.states)
+            variables.extend(v for v in states if v is not None)
+    return variables
+
+
+def _make_norms_function(model, entries, direct):
+    import tensorflow as tf
+
+    model_ref = weakref.ref(model)
+
+    def norms_fn(x, y, sample_weight):
+        model = model_ref()
+        # compute_loss may update loss-tracking metrics (multi-output models)
+        # and a call updates stateful RNN states: both are restored, so a
+        # measurement leaves the model exactly as it found it.
+        saved = [(v, tf.identity(v.value)) for v in model.metrics_variables]
+        known = {id(v) for v, _ in saved}
+        states = [(v, tf.identity(v.value)) for v in _stateful_variables(entries)]
+        # Total gradients: one pass probes every layer at once (zero probes
+        # do not interact). Direct-only: one pass per layer, so that only
+        # that layer's own recurrence is cut ("not through h_{t+1} of the
+        # same layer"), as `probe.attached_probe(direct_only=True)` defines.
+        groups = [[e] for e in entries] if direct and len(entries) > 1 else [entries]
+        keys, grads, losses = [], [], []
+        for group in groups:
+            records = {}
+            with tf.GradientTape(watch_accessed_variables=False) as tape:
+                with _probing(group, tape, records, direct):
+                    y_pred = model(x, training=False)
+                loss = _compute_loss(model, x, y, y_pred, sample_weight)
+            probes = []
+            for key, _ in group:
+                for i, probe in enumerate(records.get(key, [])):
+                    keys.append(key if i == 0 else f"{key}/call_{i}")
+                    probes.append(probe)
+            group_grads = tape.gradient(
+                loss, probes, unconnected_gradients=tf.UnconnectedGradients.ZERO
+            )
+            with tf.control_dependencies([loss] + list(group_grads)):
+                for v, value in states:  # each pass starts from the same state
+                    v.assign(value)
+            grads += group_grads
+            losses.append(loss)
+        with tf.control_dependencies(losses + list(grads)):
+            for v, value in saved:
+                v.assign(value)
+            for v in model.metrics_variables:  # created during this trace
+                if id(v) not in known:
+                    v.assign(tf.zeros_like(v.value))
+        return {key: _row_norms(g) for key, g in zip(keys, grads)}
+
+    return tf.function(norms_fn)
+
+
+# model -> {(direct, layer ids): tf.function}; weak so models can be freed.
+_NORMS_FUNCTIONS = weakref.WeakKeyDictionary()
+
+
+def _norms_function(model, entries, direct):
+    cache = _NORMS_FUNCTIONS.setdefault(model, {})
+    key = (bool(direct), tuple((k, id(layer)) for k, layer in entries))
+    if key not in cache:
+        cache[key] = _make_norms_function(model, entries, direct)
+    return cache[key]
+
+
+def timestep_gradient_norms(model, x, y, sample_weight=None, direct=False):
+    """Per-timestep BPTT gradient norms `||dL/dh_t||_2` of every RNN layer.
+
+    `L` is the model's compiled loss exactly as Keras computes it
+    (`model.compute_loss(x=x, y=y, y_pred=model(x), sample_weight=...,
+    training=False)`, reduction and regularization included) and `h_t` the
+    hidden state of a layer at step t. The gradient is the *total* one: the
+    direct path from `h_t` to the loss plus every path through `h_{t+1}`,
+    `h_{t+2}`, ... (full back-propagation through time). It is obtained by
+    adding a zero probe to every hidden state (`keras_vrnn.probe`) and
+    differentiating with respect to the probes: one forward and one backward
+    pass in a `tf.function` cached per model (it retraces only for a new
+    input signature), with the fused fast path when the layer takes it.
+
+    Layers are found by walking the model, nested models included:
+    `keras_vrnn.VanillaRNN`, `keras.layers.RNN(keras_vrnn.VanillaRNNCell)`,
+    and `keras.layers.Bidirectional` around either (keys `"<name>/forward"`
+    and `"<name>/backward"`, both indexed by input time). Masked steps report
+    0. A layer called more than once gets one entry per call (`"<name>"`,
+    `"<name>/call_1"`, ...). The model is left unchanged (metric and
+    stateful-RNN variables are restored).
+
+    Args:
+        model: A compiled `keras.Model` containing at least one vanilla RNN
+            layer. TensorFlow backend only.
+        x: Input batch (array, or a structure of arrays for multi-input
+            models).
+        y: Target batch, as passed to `model.fit`.
+        sample_weight: Optional sample weights, as passed to `model.fit`.
+        direct: If `True`, return the direct part `d+L/dh_t` only (the
+            gradient through paths that do not pass through `h_{t+1}` of the
+            same layer; other layers keep their full recurrence) instead of
+            the total gradient. This takes one forward and backward pass per
+            layer.
+
+    Returns:
+        A dict mapping each layer key to a float64 NumPy array
+        `(batch, timesteps)` of gradient norms.
+
+    Raises:
+        ValueError: The model is not compiled, contains no vanilla RNN
+            layer, or x, y and sample_weight have different batch sizes.
+        RuntimeError: The backend is not TensorFlow.
+
+    Example:
+
+    ```python
+    model = keras.Sequential([
+        keras.Input((100, 8)),
+        keras_vrnn.VanillaRNN(32, return_sequences=True),
+        keras.layers.Dense(1),
+    ])
+    model.compile("adam", "mse")
+    norms = keras_vrnn.timestep_gradient_norms(model, x[:64], y[:64])
+    norms["vanilla_rnn"].shape  # (64, 100)
+    ```
+    """
+    _require_tensorflow("timestep_gradient_norms")
+    _check_model(model, "timestep_gradient_norms")
+    if not isinstance(direct, bool):
+        raise ValueError(f"`direct` must be a bool. Received: direct={direct!r}.")
+    check_batch(x, y, sample_weight)
+    entries = rnn_layers(model)
+    if not entries:
+        raise ValueError(
+            "timestep_gradient_norms found no keras_vrnn.VanillaRNN or "
+            "keras.layers.RNN(keras_vrnn.VanillaRNNCell) layer (also looked "
+            "inside Bidirectional wrappers and nested models). Received: "
+            f"model '{model.name}' with layers "
+            f"{[layer.name for layer in _children(model)]}."
+        )
+    x, y, sample_weight = keras.tree.map_structure(_to_tensor, (x, y, sample_weight))
+    if not model.built:
+        model(x, training=False)  # build eagerly, outside the tf.function
+    fn = _norms_function(model, entries, direct)
+    result = fn(x, y, sample_weight)
+    return {key: np.asarray(value, dtype=np.float64) for key, value in result.items()}
+
+
+# ---------------------------------------------------------------------------
+# Causes: the recurrent kernel and the state Jacobians
+# ---------------------------------------------------------------------------
+
+
+def _variable_numpy(variable):
+    """A Keras variable's value as a float64 NumPy array."""
+    return np.asarray(variable.numpy(), np.float64)
+
+
+def _cell_of(layer, what):
+    if isinstance(layer, VanillaRNNCell):
+        return layer
+    if _is_vanilla_rnn(layer):
+        return layer.cell
+    if isinstance(layer, keras.layers.Bidirectional):
+        raise ValueError(
+            f"{what} takes one direction at a time. Received: Bidirectional "
+            f"layer '{layer.name}'; pass its .forward_layer or .backward_layer."
+        )
+    raise ValueError(
+        f"{what} needs a keras_vrnn.VanillaRNN, a keras.layers.RNN wrapping a "
+        "VanillaRNNCell, or a VanillaRNNCell. Received: "
+        f"{type(layer).__name__} '{getattr(layer, 'name', layer)}'."
+    )
+
+
+def recurrent_kernel_stats(layer):
+    """Spectral radius and largest singular value of a layer's `W_hh`.
+
+    These set the per-step gain of back-propagation through time: the
+    gradient is multiplied once per step by `diag(act'(z_t)) W_hh^T`, so for
+    a linear RNN the norms decay (or grow) like `spectral_radius ** k` over
+    `k` steps in the long run, and can grow transiently up to
+    `max_singular_value ** k`.
+
+    Args:
+        layer: A built `keras_vrnn.VanillaRNN`, a `keras.layers.RNN` wrapping
+            a `VanillaRNNCell`, or a `VanillaRNNCell`.
+
+    Returns:
+        A dict with float64 NumPy scalars `"spectral_radius"` (largest
+        |eigenvalue|) and `"max_singular_value"` (spectral norm). Both are
+        NaN when the kernel holds a non-finite value.
+    """
+    cell = _cell_of(layer, "recurrent_kernel_stats")
+    if not cell.built:
+        raise ValueError(
+            "recurrent_kernel_stats needs a built layer (call it on data or "
+            f"build the model first). Received: unbuilt layer '{layer.name}'."
+        )
+    w = _variable_numpy(cell.recurrent_kernel)
+    if not np.all(np.isfinite(w)):
+        nan = np.float64(np.nan)
+        return {"spectral_radius": nan, "max_singular_value": nan}
+    return {
+        "spectral_radius": np.float64(vrnn_initializers.spectral_radius(w)),
+        "max_singular_value": np.float64(vrnn_initializers.largest_singular_value(w)),
+    }
+
+
+@contextlib.contextmanager
+def _capturing(entries, captured):
+    """Patches each layer's `inner_loop` to record its (sequences,
+    initial_state, mask) as NumPy arrays."""
+    patched = []
+
+    def make_loop(key, original):
+        def inner_loop(sequences, initial_state, mask, training=False):
+            h0 = initial_state
+            if isinstance(h0, (list, tuple)):
+                h0 = h0[0]
+            m = mask[0] if isinstance(mask, (list, tuple)) else mask
+            captured.setdefault(key, (
+                keras.ops.convert_to_numpy(sequences),
+                keras.ops.convert_to_numpy(h0),
+                None if m is None else keras.ops.convert_to_numpy(m).astype(bool),
+            ))
+            return original(sequences, initial_state, mask, training=training)
+
+        return inner_loop
+
+    try:
+        for key, layer in entries:
+            previous = layer.__dict__.get("inner_loop")
+            object.__setattr__(layer, "inner_loop", make_loop(key, layer.inner_loop))
+            patched.append((layer, previous))
+        yield
+    finally:
+        for layer, previous in reversed(patched):
+            if previous is None:
+                object.__delattr__(layer, "inner_loop")
+            else:
+                object.__setattr__(layer, "inner_loop", previous)
+
+
+_NUMPY_ACTIVATIONS = {
+    "tanh": (np.tanh, lambda z, a: 1.0 - a * a),
+    "sigmoid": (lambda z: 0.5 * (1.0 + np.tanh(0.5 * z)), lambda z, a: a * (1.0 - a)),
+    "relu": (lambda z: np.maximum(z, 0.0), lambda z, a: (z > 0).astype(np.float64)),
+    "linear": (lambda z: z, lambda z, a: np.ones_like(z)),
+}
+
+
+def _activation_pair(activation):
+    """(act, act') as float64 NumPy functions of z (act' also gets act(z))."""
+    name = fused.activation_name(activation)
+    if name is not None:
+        return _NUMPY_ACTIVATIONS[name]
+    import tensorflow as tf
+
+    def act(z):
+        return np.asarray(activation(tf.constant(z, tf.float64)), np.float64)
+
+    def dact(z, a):
+        z = tf.constant(z, tf.float64)
+        with tf.GradientTape() as tape:
+            tape.watch(z)
+            out = activation(z)
+        return np.asarray(tape.gradient(out, z), np.float64)  # elementwise
+
+    return act, dact
+
+
+def _jacobian_norms(layer, sequences, h0, mask):
+    """||dh_T/dh_t||_2 (samples, T) by input time, float64."""
+    cell = layer.cell
+    kernel = _variable_numpy(cell.kernel)
+    recurrent = _variable_numpy(cell.recurrent_kernel)
+    bias = _variable_numpy(cell.bias) if cell.bias is not None else 0.0
+    act, dact = _activation_pair(cell.activation)
+    xs = np.asarray(sequences, np.float64)
+    m = None if mask is None else np.asarray(mask, bool)
+    if layer.go_backwards:
+        xs = xs[:, ::-1]
+        m = None if m is None else m[:, ::-1]
+    samples, timesteps, _ = xs.shape
+    units = recurrent.shape[0]
+    projected = xs @ kernel + bias
+    h = np.asarray(h0, np.float64).reshape(samples, units)
+    derivatives = np.empty((samples, timesteps, units))
+    for t in range(timesteps):
+        z = projected[:, t] + h @ recurrent
+        a = act(z)
+        d = dact(z, a)
+        if m is not None:
+            keep = m[:, t, None]
+            a = np.where(keep, a, h)
+            d = np.where(keep, d, np.nan)  # NaN marks "identity step"
+        derivatives[:, t] = d
+        h = a
+    # P_t = J_{T-1} ... J_{t+1} (processing order), J_s = diag(d_s) W_hh^T,
+    # kept as P * exp(log_scale) so long products neither over- nor underflow.
+    eye = np.broadcast_to(np.eye(units), (samples, units, units))
+    product = eye.copy()
+    log_scale = np.zeros(samples)
+    norms = np.empty((samples, timesteps))
+    norms[:, -1] = 1.0
+    w_t = recurrent.T
+    for s in range(timesteps - 1, 0, -1):
+        d = derivatives[:, s]
+        identity_step = np.isnan(d[:, 0]) if m is not None else np.zeros(samples, bool)
+        step = d[:, :, None] * w_t[None]  # diag(d) W^T
+        step = np.where(identity_step[:, None, None], eye, step)
+        product = product @ step
+        scale = np.max(np.abs(product), axis=(1, 2))
+        ok = np.isfinite(scale) & (scale > 0)
+        safe = np.where(ok, scale, 1.0)
+        product = product / safe[:, None, None]
+        log_scale = log_scale + np.log(safe)
+        sv = np.linalg.svd(
+            np.nan_to_num(product, nan=0.0, posinf=0.0, neginf=0.0), compute_uv=False
+        )[:, 0]
+        with np.errstate(over="ignore", invalid="ignore"):
+            value = sv * np.exp(log_scale)
+        overflow = np.where(np.isnan(scale), np.nan, np.inf)
+        value = np.where(ok | (scale == 0), value, overflow)
+        norms[:, s - 1] = value
+    if layer.go_backwards:
+        norms = norms[:, ::-1]
+    return np.ascontiguousarray(norms)
+
+
+def state_jacobian_norms(model_or_layer, x, max_samples=8):
+    """Norms `||dh_T/dh_t||_2` of the state Jacobian products on real data.
+
+    For each vanilla RNN layer, the hidden trajectory is recomputed in
+    float64 from the layer's actual inputs on the first `max_samples` samples
+    of `x`, and the spectral norm of `dh_T/dh_t = J_T J_{T-1} ... J_{t+1}`,
+    `J_s = diag(act'(z_s)) W_hh^T`, is reported for every t (1 at t = T).
+    This is the part of the BPTT gradient `dL/dh_t` that the recurrence
+    controls: vanishing when it decays geometrically with `T - t`, exploding
+    when it grows. Masked steps are identity steps (the state is carried).
+    For `go_backwards` layers (the backward half of a `Bidirectional`),
+    `T` is the last *processed* step (input time 0); results are indexed by
+    input time in all cases.
+
+    Args:
+        model_or_layer: A Keras model (all its vanilla RNN layers are
+            reported, found as in `timestep_gradient_norms`), or one
+            vanilla RNN layer or `Bidirectional` wrapper, in which case `x` is
+            that layer's input sequence batch.
+        x: Input batch for `model_or_layer`.
+        max_samples: Positive int, the number of samples of `x` used.
+
+    Returns:
+        A dict mapping each layer key to a float64 NumPy array
+        `(samples, timesteps)`.
+
+    Cost: `samples * T` products and singular-value decompositions of
+    `(units, units)` matrices, in NumPy.
+    """
+    if (
+        isinstance(max_samples, bool)
+        or not isinstance(max_samples, int)
+        or max_samples <= 0
+    ):
+        raise ValueError(
+            "`max_samples` must be a positive int. "
+            f"Received: max_samples={max_samples!r}."
+        )
+    if not isinstance(model_or_layer, keras.layers.Layer):
+        raise ValueError(
+            "state_jacobian_norms needs a Keras model or layer. Received: "
+            f"{type(model_or_layer).__name__}."
+        )
+    check_batch(x, None)
+    entries = rnn_layers(model_or_layer)
+    if not entries:
+        raise ValueError(
+            "state_jacobian_norms found no keras_vrnn.VanillaRNN or "
+            "keras.layers.RNN(keras_vrnn.VanillaRNNCell) layer. Received: "
+            f"{type(model_or_layer).__name__} '{model_or_layer.name}'."
+        )
+    x = keras.tree.map_structure(lambda a: a[:max_samples], x)
+    stateful = _stateful_variables(entries)
+    saved = [(v, v.numpy()) for v in stateful]
+    captured = {}
+    try:
+        with _capturing(entries, captured):
+            model_or_layer(x, training=False)
+    finally:
+        for v, value in saved:
+            v.assign(value)
+    return {
+        key: _jacobian_norms(layer, *captured[key])
+        for key, layer in entries
+        if key in captured
+    }
+
+
+# ---------------------------------------------------------------------------
+# Summaries of a norm profile
+# ---------------------------------------------------------------------------
+
+
+def _as_profile(norms, name):
+    a = np.asarray(norms, dtype=np.float64)
+    if a.ndim not in (1, 2) or a.shape[-1] == 0:
+        raise ValueError(
+            f"`{name}` expects norms of shape (timesteps,) or (batch, "
+            f"timesteps). Received: norms with shape {a.shape}."
+        )
+    return a
+
+
+def fit_decay_factor(norms):
+    """Per-step growth/decay factor of gradient norms, by least squares.
+
+    Fits `log ||dL/dh_t|| = a + k log(factor)` with `k = T - 1 - t` the number
+    of steps back from the last step. `factor < 1`: the gradient vanishes by
+    that factor per step back; `> 1`: it explodes. Zero (masked) and
+    non-finite norms are ignored. For a linear RNN with
+    `W_hh = rho * orthogonal` and the loss on the last output, the factor is
+    exactly `rho`.
+
+    Args:
+        norms: Array `(timesteps,)`, e.g. the mean over the batch, or
+            `(batch, timesteps)`, in which case all samples are fitted
+            together (a geometric-mean fit).
+
+    Returns:
+        The factor as a Python float, NaN when fewer than two distinct steps
+        have a usable norm.
+    """
+    a = _as_profile(norms, "fit_decay_factor")
+    timesteps = a.shape[-1]
+    steps_back = np.arange(timesteps - 1, -1, -1, dtype=np.float64)
+    steps_back = np.broadcast_to(steps_back, a.shape)
+    with np.errstate(invalid="ignore"):
+        valid = np.isfinite(a) & (a > 0)
+    k = steps_back[valid]
+    if np.unique(k).size < 2:
+        return float("nan")
+    log_norms = np.log(a[valid])
+    k_mean = k.mean()
+    centered = k - k_mean
+    slope = np.sum(centered * (log_norms - log_norms.mean())) / np.sum(centered**2)
+    with np.errstate(over="ignore"):
+        return float(np.exp(slope))
+
+
+def effective_horizon(norms, threshold=1e-3):
+    """Steps back until the gradient norm falls below `threshold` times its
+    last-step value.
+
+    The reference is the last step with a finite, non-zero norm (usually the
+    last step; masked trailing steps report 0). Zero and non-finite norms
+    before it are skipped.
+
+    Args:
+        norms: Array `(timesteps,)`, or `(batch, timesteps)`, in which case
+            the mean over the batch is used.
+        threshold: Positive float, the relative level. Default `1e-3`.
+
+    Returns:
+        The smallest `k >= 1` with `norms[r - k] < threshold * norms[r]`
+        (`r` the reference step) as a Python int; `T` (the number of
+        timesteps) when the norm never falls that low; NaN when no step has a
+        finite, non-zero norm.
+    """
+    if (
+        isinstance(threshold, bool)
+        or not isinstance(threshold, (int, float))
+        or not threshold > 0
+    ):
+        raise ValueError(
+            f"`threshold` must be a positive number. Received: threshold={threshold!r}."
+        )
+    a = _as_profile(norms, "effective_horizon")
+    if a.ndim == 2:
+        a = a.mean(axis=0)
+    timesteps = a.shape[0]
+    with np.errstate(invalid="ignore"):
+        valid = np.isfinite(a) & (a > 0)
+    if not valid.any():
+        return float("nan")
+    r = int(np.nonzero(valid)[0][-1])
+    below = np.nonzero(valid[:r] & (a[:r] < threshold * a[r]))[0]
+    if below.size == 0:
+        return int(timesteps)
+    return int(r - below[-1])

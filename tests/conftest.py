@@ -1,0 +1,301 @@
+"""Shared test helpers: a float64 NumPy reference for the vanilla RNN.
+
+The reference is deliberately written from the equations, not from the code
+under test:
+
+    h_t = act(x_t W + h_{t-1} U + b)                      (forward)
+    dh_t = g_t + (dh_{t+1} * act'(z_{t+1})) U^T          (BPTT, total dL/dh_t)
+
+with `g_t` the direct gradient of the loss `L = sum(c * y)` with respect to
+`h_t`. Everything is float64, computed from the very float32 values the
+layers see, so a float32 layer should agree to ~1e-6 relative.
+
+Helpers are plain functions here; test modules get them through the `ref`
+fixture (tests/ is not a package, so they are not imported by name).
+"""
+
+import os
+import sys
+
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+# The TensorFlow-side tests use tf.GradientTape; JAX is exercised in a
+# subprocess (tests/test_jax_backend.py). An explicit KERAS_BACKEND wins.
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+ACTIVATIONS = ("tanh", "relu", "sigmoid", "linear")
+
+
+def _sigmoid(z):
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+# act(z) and act'(z), both written in terms of the pre-activation z.
+_ACT = {
+    "tanh": (np.tanh, lambda z: 1.0 - np.tanh(z) ** 2),
+    "relu": (lambda z: np.maximum(z, 0.0), lambda z: (z > 0).astype(np.float64)),
+    "sigmoid": (_sigmoid, lambda z: _sigmoid(z) * (1.0 - _sigmoid(z))),
+    "linear": (lambda z: z, lambda z: np.ones_like(z)),
+    "softplus": (
+        lambda z: np.logaddexp(0.0, z),
+        lambda z: _sigmoid(z),
+    ),
+}
+
+
+def f64(a):
+    return np.asarray(a, dtype=np.float64)
+
+
+def rnn_forward(
+    x, W, U, b=None, h0=None, activation="tanh", go_backwards=False,
+    in_mask=None, rec_mask=None,
+):
+    """Plain loop. Returns `(hs, zs, xs)` in *processing* order (B, T, .).
+
+    `xs` is the (reversed, dropped-out) input actually fed to step t.
+    `in_mask` (B, F) / `rec_mask` (B, H) are per-sequence dropout masks
+    (already scaled by 1/(1-rate)), applied to x_t and h_{t-1}.
+    """
+    act, _ = _ACT[activation]
+    x, W, U = f64(x), f64(W), f64(U)
+    batch, timesteps, _ = x.shape
+    units = W.shape[1]
+    xs = x[:, ::-1] if go_backwards else x
+    if in_mask is not None:
+        xs = xs * f64(in_mask)[:, None, :]
+    h = np.zeros((batch, units)) if h0 is None else f64(h0)
+    hs, zs = [], []
+    for t in range(timesteps):
+        h_in = h if rec_mask is None else h * f64(rec_mask)
+        z = xs[:, t] @ W + h_in @ U
+        if b is not None:
+            z = z + f64(b)
+        h = act(z)
+        zs.append(z)
+        hs.append(h)
+    return np.stack(hs, 1), np.stack(zs, 1), xs
+
+
+def rnn_reference(
+    x, W, U, b=None, h0=None, activation="tanh", go_backwards=False,
+    return_sequences=False, c=None, c_state=None, in_mask=None, rec_mask=None,
+):
+    """Forward pass and hand-written float64 BPTT of
+    `L = sum(c * y) (+ sum(c_state * final_state))`.
+
+    `y` is what a Keras RNN layer returns: the full sequence in processing
+    order (reversed for `go_backwards`, as Keras does) or the last output.
+    Returns a dict with `y`, `state`, the gradients `dx`, `dW`, `dU`, `db`,
+    `dh0`, and `dh` / `direct` (B, T, H): total and direct dL/dh_t indexed by
+    *input* time (the probe's layout).
+    """
+    _, dact = _ACT[activation]
+    hs, zs, xs = rnn_forward(
+        x, W, U, b, h0, activation, go_backwards, in_mask, rec_mask
+    )
+    batch, timesteps, units = hs.shape
+    W, U = f64(W), f64(U)
+    y = hs if return_sequences else hs[:, -1]
+    g = np.zeros_like(hs)
+    if c is not None:
+        if return_sequences:
+            g += f64(c)
+        else:
+            g[:, -1] += f64(c)
+    if c_state is not None:
+        g[:, -1] += f64(c_state)
+
+    dh = np.zeros_like(hs)
+    dz = np.zeros_like(hs)
+    carry = np.zeros((batch, units))
+    for t in reversed(range(timesteps)):
+        dh[:, t] = g[:, t] + carry
+        dz[:, t] = dh[:, t] * dact(zs[:, t])
+        carry = dz[:, t] @ U.T
+        if rec_mask is not None:
+            carry = carry * f64(rec_mask)
+    h_init = np.zeros((batch, units)) if h0 is None else f64(h0)
+    h_prev = np.concatenate([h_init[:, None], hs[:, :-1]], axis=1)
+    if rec_mask is not None:
+        h_prev = h_prev * f64(rec_mask)[:, None, :]
+    dW = np.einsum("btf,bth->fh", xs, dz)
+    dU = np.einsum("bti,bth->ih", h_prev, dz)
+    db = dz.sum(axis=(0, 1))
+    dxs = dz @ W.T
+    if in_mask is not None:
+        dxs = dxs * f64(in_mask)[:, None, :]
+    flip = (lambda a: a[:, ::-1]) if go_backwards else (lambda a: a)
+    return {
+        "y": y,
+        "state": hs[:, -1],
+        "hs": hs,
+        "dx": flip(dxs),
+        "dW": dW,
+        "dU": dU,
+        "db": db,
+        "dh0": carry,
+        "dh": flip(dh),
+        "direct": flip(g),
+    }
+
+
+def rel_err(actual, expected):
+    """max |actual - expected| / max |expected| (norm-relative, float64)."""
+    actual = f64(actual)
+    expected = f64(expected)
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    scale = max(np.max(np.abs(expected)), 1e-30) if expected.size else 1.0
+    return float(np.max(np.abs(actual - expected))) / scale if actual.size else 0.0
+
+
+def assert_rel_close(actual, expected, tol, what=""):
+    err = rel_err(actual, expected)
+    assert err <= tol, f"{what}: relative error {err:.3g} > {tol:g}"
+
+
+def make_problem(
+    seed=0, batch=3, timesteps=5, features=3, units=4, use_bias=True,
+    initial_state=False,
+):
+    """Random float32 inputs, weights and loss weights (a dict)."""
+    rng = np.random.default_rng(seed)
+    f32 = lambda a: np.asarray(a, dtype=np.float32)  # noqa: E731
+    q, _ = np.linalg.qr(rng.standard_normal((units, units)))
+    p = {
+        "x": f32(rng.standard_normal((batch, timesteps, features))),
+        "W": f32(rng.standard_normal((features, units)) * 0.6),
+        # Non-symmetric, spectral norm ~1: neither vanishing nor exploding
+        # over a few steps, and U != U^T so a transposition bug shows.
+        "U": f32(0.8 * q + 0.2 * rng.standard_normal((units, units))),
+        "b": f32(rng.standard_normal(units) * 0.3) if use_bias else None,
+        "h0": (
+            f32(rng.standard_normal((batch, units)) * 0.5) if initial_state else None
+        ),
+        "c": f32(rng.standard_normal((batch, timesteps, units))),
+        "c_last": f32(rng.standard_normal((batch, units))),
+        "c_state": f32(rng.standard_normal((batch, units))),
+    }
+    p["weights"] = [p["W"], p["U"]] + ([p["b"]] if use_bias else [])
+    return p
+
+
+def run_tf(layer, x, initial_state=None, c=None, c_state=None, training=False,
+           mask=None):
+    """Calls an RNN layer under a tf.GradientTape and returns a dict with the
+    output `y`, the final `state` (if `return_state`), the loss and its
+    gradients `dx`, `dW`, `dU`, `db` (None without bias) and `dh0`.
+
+    The loss is `sum(c * y) + sum(c_state * state)`; `c` defaults to ones.
+    """
+    import tensorflow as tf
+
+    x = tf.constant(x)
+    h0 = None if initial_state is None else tf.constant(initial_state)
+    kwargs = {"training": training}
+    if h0 is not None:
+        kwargs["initial_state"] = h0
+    if mask is not None:
+        kwargs["mask"] = tf.constant(mask)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        if h0 is not None:
+            tape.watch(h0)
+        out = layer(x, **kwargs)
+        if getattr(layer, "return_state", False):
+            y, state = out[0], out[1]
+        else:
+            y, state = out, None
+        y32 = tf.cast(y, "float32")
+        loss = tf.reduce_sum((1.0 if c is None else c) * y32)
+        if state is not None and c_state is not None:
+            loss += tf.reduce_sum(c_state * tf.cast(state, "float32"))
+    weights = layer.trainable_weights
+    sources = [x] + list(weights) + ([h0] if h0 is not None else [])
+    grads = tape.gradient(loss, sources)
+    grads = [None if g is None else np.asarray(g) for g in grads]
+    result = {
+        "y": np.asarray(y32),
+        "state": None if state is None else np.asarray(tf.cast(state, "float32")),
+        "loss": float(loss),
+        "dx": grads[0],
+        "dW": grads[1],
+        "dU": grads[2],
+        "db": grads[3] if len(weights) == 3 else None,
+        "dh0": grads[-1] if h0 is not None else None,
+    }
+    return result
+
+
+def check_against_reference(result, expected, tol, grads=True):
+    """Asserts a `run_tf` result equals an `rnn_reference` dict."""
+    assert_rel_close(result["y"], expected["y"], tol, "output")
+    if result["state"] is not None:
+        assert_rel_close(result["state"], expected["state"], tol, "state")
+    if not grads:
+        return
+    for key in ("dx", "dW", "dU", "db", "dh0"):
+        if result[key] is not None:
+            assert_rel_close(result[key], expected[key], tol, key)
+
+
+@pytest.fixture
+def fused_calls(monkeypatch):
+    """Counts calls of the fused path (`keras_vrnn.fused.fused_inner_loop`),
+    so a test can assert which path a layer really took."""
+    from keras_vrnn import fused
+
+    calls = []
+    original = fused.fused_inner_loop
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(fused, "fused_inner_loop", spy)
+    return calls
+
+
+@pytest.fixture
+def no_xla(monkeypatch):
+    """Runs the fused TensorFlow loops without XLA compilation.
+
+    The fused path XLA-compiles its loops once per activation, dropout
+    variant and input shape, ~1-2 s each on a small CPU. test_fused.py tests
+    the shipped (XLA) configuration against the generic loop and the NumPy
+    reference; test_layer.py and test_cell.py, which test the layer's API and
+    its agreement with SimpleRNN, run the same loop code uncompiled.
+    """
+    from keras_vrnn import fused_tf
+
+    monkeypatch.setattr(fused_tf, "USE_XLA", False)
+
+
+@pytest.fixture(scope="session")
+def ref():
+    """This module: `ref.rnn_reference(...)`, `ref.assert_rel_close(...)`..."""
+    return sys.modules[__name__]
+
+
+@pytest.fixture
+def restore_policy():
+    """Restores Keras' global dtype policy after a test that changes it."""
+    import keras
+
+    policy = keras.config.dtype_policy()
+    yield
+    keras.config.set_dtype_policy(policy)
+
+
+__all__ = [
+    "ACTIVATIONS",
+    "assert_rel_close",
+    "check_against_reference",
+    "make_problem",
+    "rel_err",
+    "rnn_forward",
+    "rnn_reference",
+    "run_tf",
+]

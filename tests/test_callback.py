@@ -1,0 +1,409 @@
+"""Tests for keras_vrnn.GradientNormCallback: TensorBoard event files (read
+back with TensorBoard's own reader and served by a real `tensorboard`
+process), the NPZ and CSV files, step counting, non-finite gradients and
+argument validation."""
+
+import csv
+import json
+import logging
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import keras_vrnn  # noqa: E402
+from keras_vrnn import callbacks as callbacks_lib  # noqa: E402
+
+T, F = 6, 3
+KEYS = ["rnn", "bi/forward", "bi/backward"]
+PREFIXES = {"rnn": "rnn", "bi/forward": "bi.forward", "bi/backward": "bi.backward"}
+SCALARS = [
+    "grad_norm_first", "grad_norm_middle", "grad_norm_last",
+    "grad_norm_first_last_ratio", "grad_norm_decay_factor", "grad_norm_horizon",
+    "spectral_radius", "nonfinite",
+]
+
+
+def expected_tags(prefixes=PREFIXES.values()):
+    tags = {"custom_scalars__config__"}
+    for p in prefixes:
+        tags |= {f"{p}/{s}" for s in SCALARS}
+        tags |= {f"{p}/log10_grad_norm", f"{p}/grad_norm_heatmap"}
+    return tags
+
+
+def make_model(seed=0, **compile_kwargs):
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((T, F))
+    h = keras_vrnn.VanillaRNN(4, return_sequences=True, name="rnn")(inputs)
+    h = keras.layers.Bidirectional(
+        keras.layers.RNN(keras_vrnn.VanillaRNNCell(3)), name="bi"
+    )(h)
+    outputs = keras.layers.Dense(1)(h)
+    model = keras.Model(inputs, outputs)
+    model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse", **compile_kwargs)
+    return model
+
+
+def make_data(n=16, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, T, F)).astype("float32")
+    y = rng.standard_normal((n, 1)).astype("float32")
+    return x, y
+
+
+def _accumulator(path):
+    from tensorboard.backend.event_processing import event_accumulator as ea
+
+    guidance = {
+        k: 0
+        for k in (ea.COMPRESSED_HISTOGRAMS, ea.IMAGES, ea.AUDIO, ea.SCALARS,
+                  ea.HISTOGRAMS, ea.TENSORS)
+    }
+    acc = ea.EventAccumulator(str(path), size_guidance=guidance)
+    acc.Reload()
+    return acc
+
+
+def _our_event_file(train_dir):
+    """The event file this callback wrote (Keras' TensorBoard writes others)."""
+    ours = []
+    for path in sorted(Path(train_dir).glob("events.out.tfevents.*")):
+        if "custom_scalars__config__" in _accumulator(path).Tags()["tensors"]:
+            ours.append(path)
+    assert len(ours) == 1, ours
+    return ours[0]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """One small fit shared by the tests below: 2 epochs of 4 batches, a log
+    every 4 batches (steps 0, 4, 8), next to Keras' own TensorBoard callback
+    in the same log_dir."""
+    log_dir = tmp_path_factory.mktemp("logs") / "run1"
+    x, y = make_data()
+    model = make_model()
+    cb = keras_vrnn.GradientNormCallback(log_dir, (x[:8], y[:8]), every_n_batches=4)
+    tensorboard = keras.callbacks.TensorBoard(log_dir, update_freq="batch")
+    model.fit(x, y, batch_size=4, epochs=2, verbose=0, callbacks=[tensorboard, cb])
+    return {"log_dir": log_dir, "model": model, "x": x, "y": y, "callback": cb}
+
+
+def test_event_file_has_exactly_the_expected_tags(run):
+    acc = _accumulator(_our_event_file(run["log_dir"] / "train"))
+    tags = acc.Tags()
+    assert set(tags["tensors"]) == expected_tags()
+    assert not tags["scalars"] and not tags["images"] and not tags["histograms"]
+    plugin = lambda tag: acc.SummaryMetadata(tag).plugin_data.plugin_name  # noqa: E731
+    for p in PREFIXES.values():
+        for s in SCALARS:
+            assert plugin(f"{p}/{s}") == "scalars"
+            assert [e.step for e in acc.Tensors(f"{p}/{s}")] == [0, 4, 8]
+        assert plugin(f"{p}/log10_grad_norm") == "histograms"
+        assert plugin(f"{p}/grad_norm_heatmap") == "images"
+        images = acc.Tensors(f"{p}/grad_norm_heatmap")
+        assert [e.step for e in images] == [0, 4, 8]
+        from tensorboard.util import tensor_util
+
+        width, height, png = tensor_util.make_ndarray(images[-1].tensor_proto)
+        assert png[:8] == b"\x89PNG\r\n\x1a\n"
+        assert int(width) > 100 and int(height) > 100
+    assert plugin("custom_scalars__config__") == "custom_scalars"
+
+    # Keras' TensorBoard logs land in the same run directory: one dashboard.
+    shared = _accumulator(run["log_dir"] / "train").Tags()["tensors"]
+    assert "epoch_loss" in shared and expected_tags() <= set(shared)
+
+
+def test_custom_scalars_layout(run):
+    from tensorboard.plugins.custom_scalar import layout_pb2
+    from tensorboard.util import tensor_util
+
+    acc = _accumulator(_our_event_file(run["log_dir"] / "train"))
+    (event,) = acc.Tensors("custom_scalars__config__")
+    layout = layout_pb2.Layout()
+    layout.ParseFromString(tensor_util.make_ndarray(event.tensor_proto).item())
+    assert [c.title for c in layout.category] == [
+        f"BPTT gradient norms: {key}" for key in KEYS
+    ]
+    scalar_tags = {t for t in expected_tags() if t.rsplit("/", 1)[-1] in SCALARS}
+    for category, key in zip(layout.category, KEYS):
+        matched = set()
+        for chart in category.chart:
+            for regex in chart.multiline.tag:
+                hits = {t for t in scalar_tags if re.match(regex, t)}
+                assert hits, regex
+                matched |= hits
+        # Each category holds exactly its own layer's scalars.
+        assert matched == {f"{PREFIXES[key]}/{s}" for s in SCALARS}
+
+
+def test_npz_csv_and_events_agree(run):
+    from tensorboard.util import tensor_util
+
+    log_dir = run["log_dir"]
+    data = np.load(log_dir / "gradient_norms.npz")
+    assert list(data["keys"]) == KEYS
+    np.testing.assert_array_equal(data["steps"], [0, 4, 8])
+    assert data["steps"].dtype == np.int64
+    for key in KEYS:
+        assert data[f"{key}/mean_norms"].shape == (3, T)
+        for field in ("spectral_radius", "factor", "horizon", "first_last_ratio",
+                      "nonfinite", "max_singular_value"):
+            assert data[f"{key}/{field}"].shape == (3,)
+        np.testing.assert_array_equal(data[f"{key}/nonfinite"], 0.0)
+        m = data[f"{key}/mean_norms"]
+        assert np.all(np.isfinite(m)) and np.all(m > 0)
+        # The derived numbers are functions of the stored mean norms.
+        for i in range(3):
+            assert data[f"{key}/factor"][i] == keras_vrnn.fit_decay_factor(m[i])
+            assert data[f"{key}/horizon"][i] == keras_vrnn.effective_horizon(m[i])
+        np.testing.assert_allclose(data[f"{key}/first_last_ratio"], m[:, 0] / m[:, -1])
+
+    # The last log (step 8) is the model after training: recompute it.
+    model, x, y = run["model"], run["x"], run["y"]
+    norms = keras_vrnn.timestep_gradient_norms(model, x[:8], y[:8])
+    for key in KEYS:
+        np.testing.assert_allclose(
+            data[f"{key}/mean_norms"][-1], norms[key].mean(0), rtol=1e-6
+        )
+    layer = model.get_layer("bi").backward_layer
+    np.testing.assert_allclose(
+        data["bi/backward/spectral_radius"][-1],
+        keras_vrnn.recurrent_kernel_stats(layer)["spectral_radius"],
+    )
+
+    # TensorBoard scalars == NPZ (float32 in the event file).
+    acc = _accumulator(_our_event_file(log_dir / "train"))
+    value = lambda tag: np.array(  # noqa: E731
+        [tensor_util.make_ndarray(e.tensor_proto).item() for e in acc.Tensors(tag)]
+    )
+    for key in KEYS:
+        p, m = PREFIXES[key], data[f"{key}/mean_norms"]
+        pairs = [
+            ("grad_norm_first", m[:, 0]),
+            ("grad_norm_middle", m[:, T // 2]),
+            ("grad_norm_last", m[:, -1]),
+            ("grad_norm_decay_factor", data[f"{key}/factor"]),
+            ("grad_norm_horizon", data[f"{key}/horizon"]),
+            ("spectral_radius", data[f"{key}/spectral_radius"]),
+            ("grad_norm_first_last_ratio", data[f"{key}/first_last_ratio"]),
+            ("nonfinite", data[f"{key}/nonfinite"]),
+        ]
+        for tag, expected in pairs:
+            np.testing.assert_allclose(value(f"{p}/{tag}"), expected, rtol=1e-6)
+
+    # CSV: long format, the same numbers.
+    with open(log_dir / "gradient_norms.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["step", "layer", "timestep", "mean_norm"]
+    rows = rows[1:]
+    assert len(rows) == 3 * len(KEYS) * T
+    for step, layer, t, value_ in rows:
+        i = [0, 4, 8].index(int(step))
+        assert float(value_) == data[f"{layer}/mean_norms"][i, int(t)]
+
+
+def test_tensorboard_server_serves_the_tags(run, tmp_path):
+    """A real `tensorboard` process serves our scalars, images and histograms
+    next to Keras' own logs, in the one run 'train'."""
+    binary = Path(sys.executable).parent / "tensorboard"
+    assert binary.exists(), binary
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    log = open(tmp_path / "tensorboard.log", "wb")
+    proc = subprocess.Popen(
+        [str(binary), "--logdir", str(run["log_dir"]), "--port", str(port),
+         "--host", "127.0.0.1"],
+        stdout=log, stderr=subprocess.STDOUT, env=env,
+    )
+    scalars = {f"{p}/{s}" for p in PREFIXES.values() for s in SCALARS}
+    images = {f"{p}/grad_norm_heatmap" for p in PREFIXES.values()}
+    histograms = {f"{p}/log10_grad_norm" for p in PREFIXES.values()}
+
+    def get(route):
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{route}", timeout=5) as r:
+            return json.loads(r.read().decode())
+
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert proc.poll() is None, (tmp_path / "tensorboard.log").read_text()
+            try:
+                s_tags = get("/data/plugin/scalars/tags").get("train", {})
+                i_tags = get("/data/plugin/images/tags").get("train", {})
+                if scalars <= set(s_tags) and images <= set(i_tags):
+                    break
+            except OSError:
+                pass  # not listening yet
+            assert time.monotonic() < deadline, "tensorboard did not serve the tags"
+            time.sleep(0.5)
+        assert "epoch_loss" in s_tags  # Keras' TensorBoard, same run
+        assert histograms <= set(get("/data/plugin/histograms/tags").get("train", {}))
+        points = get("/data/plugin/scalars/scalars?run=train&tag=rnn%2Fgrad_norm_last")
+        assert [p[1] for p in points] == [0, 4, 8]
+        layout = get("/data/plugin/custom_scalars/layout")
+        assert [c["title"] for c in layout["category"]] == [
+            f"BPTT gradient norms: {key}" for key in KEYS
+        ]
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def test_plots_from_callback_npz(run, tmp_path):
+    from matplotlib import image as mpimg
+
+    npz = run["log_dir"] / "gradient_norms.npz"
+    for key in KEYS:
+        path = tmp_path / f"h_{key.replace('/', '_')}.png"
+        png = keras_vrnn.plots.plot_gradient_heatmap(npz, path, layer=key)
+        assert mpimg.imread(png).ndim == 3
+    png = keras_vrnn.plots.plot_norms_vs_steps_back(npz, tmp_path / "s.png")
+    assert Path(png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_steps_continue_across_fits_and_steps_per_execution(tmp_path):
+    x, y = make_data()
+    model = make_model(seed=1, steps_per_execution=2)
+    cb = keras_vrnn.GradientNormCallback(
+        tmp_path, (x[:4], y[:4]), every_n_batches=3, layers=["rnn"]
+    )
+    model.fit(x, y, batch_size=4, epochs=2, verbose=0, callbacks=[cb])
+    # Batches end in pairs (2, 4, 6, 8): multiples of 3 are crossed at 4 and 6.
+    steps = np.load(tmp_path / "gradient_norms.npz")["steps"]
+    np.testing.assert_array_equal(steps, [0, 4, 6])
+    model.fit(x, y, batch_size=4, epochs=1, verbose=0, callbacks=[cb])  # batches 9..12
+    data = np.load(tmp_path / "gradient_norms.npz")
+    np.testing.assert_array_equal(data["steps"], [0, 4, 6, 8, 10, 12])  # 8: train begin
+    assert list(data["keys"]) == ["rnn"]  # `layers` selects
+    assert data["rnn/mean_norms"].shape == (6, T)
+    files = list((tmp_path / "train").glob("events.out.tfevents.*"))
+    tags = set()
+    for path in files:
+        tags |= set(_accumulator(path).Tags()["tensors"])
+    assert tags == expected_tags(["rnn"])
+
+
+def test_layers_selects_bidirectional_by_name(tmp_path):
+    x, y = make_data(n=4)
+    model = make_model(seed=2)
+    cb = keras_vrnn.GradientNormCallback(
+        tmp_path, (x, y), every_n_batches=100, layers="bi"
+    )
+    model.fit(x, y, batch_size=4, epochs=1, verbose=0, callbacks=[cb])
+    data = np.load(tmp_path / "gradient_norms.npz")
+    assert list(data["keys"]) == ["bi/forward", "bi/backward"]
+    np.testing.assert_array_equal(data["steps"], [0])
+
+    bad = keras_vrnn.GradientNormCallback(tmp_path / "b", (x, y), layers=["nope"])
+    match = r"no vanilla RNN layer 'nope'.*Received: layers=\['nope'\]"
+    with pytest.raises(ValueError, match=match):
+        model.fit(x, y, batch_size=4, epochs=1, verbose=0, callbacks=[bad])
+
+
+def test_nonfinite_gradients_are_logged_and_fit_completes(tmp_path, caplog):
+    """relu with W_hh = 1e30 * I: the state overflows after a few steps, the
+    loss and the gradients are inf / NaN. The callback flags it, keeps NaN in
+    the NPZ and the fit runs to the end."""
+    rng = np.random.default_rng(3)
+    x = np.abs(rng.standard_normal((8, 12, 2))).astype("float32")
+    y = rng.standard_normal((8, 1)).astype("float32")
+    model = keras.Sequential([
+        keras.Input((12, 2)),
+        keras_vrnn.VanillaRNN(
+            3, activation="relu", name="rnn",
+            kernel_initializer="ones",
+            recurrent_initializer=keras_vrnn.initializers.ScaledIdentity(gain=1e30),
+        ),
+        keras.layers.Dense(1),
+    ])
+    model.compile(optimizer="sgd", loss="mse")
+    cb = keras_vrnn.GradientNormCallback(tmp_path, (x, y), every_n_batches=1)
+    with caplog.at_level(logging.WARNING, logger="keras_vrnn"):
+        history = model.fit(x, y, batch_size=4, epochs=1, verbose=0, callbacks=[cb])
+    assert len(history.history["loss"]) == 1  # the fit completed
+    data = np.load(tmp_path / "gradient_norms.npz")
+    np.testing.assert_array_equal(data["steps"], [0, 1, 2])
+    np.testing.assert_array_equal(data["rnn/nonfinite"], [1.0, 1.0, 1.0])
+    assert not np.all(np.isfinite(data["rnn/mean_norms"]))
+    assert "non-finite BPTT gradient norms at step 0" in caplog.text
+    from tensorboard.util import tensor_util
+
+    acc = _accumulator(_our_event_file(tmp_path / "train"))
+    assert set(acc.Tags()["tensors"]) == expected_tags(["rnn"])
+    flags = [
+        tensor_util.make_ndarray(e.tensor_proto).item()
+        for e in acc.Tensors("rnn/nonfinite")
+    ]
+    assert flags == [1.0, 1.0, 1.0]
+    rows = (tmp_path / "gradient_norms.csv").read_text().splitlines()
+    assert any(r.endswith(",nan") or r.endswith(",inf") for r in rows[1:])
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(log_dir=None), "Received: log_dir=None"),
+        (dict(log_dir=""), "Received: log_dir=''"),
+        (dict(data=np.zeros((4, T, F))), "Received: data of type ndarray"),
+        (dict(data=(1, 2, 3, 4)), "Received: data of type tuple of length 4"),
+        (
+            dict(data=(np.zeros((4, T, F)), np.zeros((3, 1)))),
+            "Received: x batch size 4, y batch size 3",
+        ),
+        (
+            dict(data=(np.zeros((4, T, F)), np.zeros((4, 1)), np.ones(2))),
+            "sample_weight batch size 2",
+        ),
+        (dict(every_n_batches=0), "Received: every_n_batches=0"),
+        (dict(every_n_batches=2.5), "Received: every_n_batches=2.5"),
+        (dict(every_n_batches=True), "Received: every_n_batches=True"),
+        (dict(layers=[]), r"Received: layers=\[\]"),
+        (dict(layers=[3]), r"Received: layers=\[3\]"),
+        (dict(direct="yes"), "Received: direct='yes'"),
+    ],
+)
+def test_argument_validation(tmp_path, kwargs, match):
+    args = dict(log_dir=tmp_path, data=(np.zeros((4, T, F)), np.zeros((4, 1))))
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        keras_vrnn.GradientNormCallback(**args)
+
+
+def test_log_dir_that_is_a_file(tmp_path):
+    path = tmp_path / "file"
+    path.write_text("x")
+    with pytest.raises(ValueError, match="not a directory. Received: log_dir="):
+        keras_vrnn.GradientNormCallback(path, (np.zeros((2, T, F)), np.zeros((2, 1))))
+
+
+def test_tag_prefix():
+    assert callbacks_lib.tag_prefix("vanilla_rnn") == "vanilla_rnn"
+    assert callbacks_lib.tag_prefix("bi/forward") == "bi.forward"
+    assert callbacks_lib.tag_prefix("a b/c:d") == "a_b.c_d"
+
+
+def test_other_backend_is_refused(monkeypatch, tmp_path):
+    monkeypatch.setattr(keras.backend, "backend", lambda: "torch")
+    with pytest.raises(RuntimeError, match="Received: backend='torch'"):
+        keras_vrnn.GradientNormCallback(
+            tmp_path, (np.zeros((2, T, F)), np.zeros((2, 1)))
+        )
