@@ -1,0 +1,163 @@
+"""Tests for experiments/dynamics.py: theory check on a linear RNN, the
+derivative statistics, model reuse, and a tiny end-to-end sweep."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from experiments import dynamics
+
+
+def _settings(**overrides):
+    # One batch shape (8, T, 1) everywhere: one XLA compilation per model.
+    values = dict(units=8, batch_size=8, train_steps=0, eval_samples=8, seed=0)
+    config = dynamics.Config(**{**values, **overrides})
+    return config.fixed_settings()
+
+
+@pytest.mark.parametrize("gain", [0.9, 1.1])
+def test_linear_rnn_factor_matches_spectral_radius(gain):
+    # Linear activation, W_hh = gain * orthogonal, loss at the last step
+    # only: ||dL/dh_t|| = gain^(T-1-t) ||dL/dh_{T-1}|| exactly.
+    s = _settings()
+    x, y = dynamics.make_task(8, 40, seed=1)
+    model = dynamics.get_model("linear", 40, s)
+    dynamics.initialize(model, gain, seed=0, learning_rate=1e-3)
+    metrics, profiles = dynamics.measure(model, x, y, "linear")
+    assert metrics["spectral_radius"] == pytest.approx(gain, rel=1e-6)
+    assert metrics["mean_abs_dact"] == 1.0 and metrics["theory"] == pytest.approx(gain, rel=1e-6)
+    assert metrics["factor"] == pytest.approx(metrics["theory"], rel=0.05)
+    assert metrics["factor"] == pytest.approx(gain, rel=1e-3)  # in fact exact
+    assert metrics["jacobian_factor"] == pytest.approx(gain, rel=1e-3)
+    ratios = profiles["mean_norms"][:-1] / profiles["mean_norms"][1:]
+    np.testing.assert_allclose(ratios, gain, rtol=1e-3)
+
+
+def test_activation_derivative_stats():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((5, 7, 2))
+    w = rng.standard_normal((2, 3))
+    u = 0.5 * np.linalg.qr(rng.standard_normal((3, 3)))[0]
+    assert dynamics.activation_derivative_stats(x, w, u, None, "linear") == (1.0, 1.0)
+    # Reference loop.
+    h = np.zeros((5, 3))
+    ds = {"tanh": [], "relu": [], "sigmoid": []}
+    for act in ds:
+        h = np.zeros((5, 3))
+        for t in range(7):
+            z = x[:, t] @ w + h @ u
+            if act == "tanh":
+                h = np.tanh(z)
+                ds[act].append(1 - h**2)
+            elif act == "relu":
+                h = np.maximum(z, 0)
+                ds[act].append((z > 0).astype(float))
+            else:
+                h = 1 / (1 + np.exp(-z))
+                ds[act].append(h * (1 - h))
+        d = np.stack(ds[act])
+        mean_abs, rms = dynamics.activation_derivative_stats(x, w, u, None, act)
+        assert mean_abs == pytest.approx(np.abs(d).mean())
+        assert rms == pytest.approx(np.sqrt((d**2).mean()))
+
+
+def test_reused_model_gives_the_same_results(tmp_path):
+    # What makes --workers 1 and --workers 2 agree: a cached model re-set for
+    # a configuration is in the state of a freshly built one.
+    s = _settings(train_steps=4, steps_per_epoch=2, grad_every_n_batches=100)
+    params = {"activation": "tanh", "gain": 1.25, "T": 12}
+    dynamics._MODEL_CACHE.clear()
+    os.makedirs(tmp_path / "a")
+    fresh = dynamics.run_config(params, str(tmp_path / "a"), s)
+    # The cached model now holds trained weights and Adam moments.
+    assert len(dynamics._MODEL_CACHE) == 1
+    os.makedirs(tmp_path / "b")
+    reused = dynamics.run_config(params, str(tmp_path / "b"), s)
+    for key in ("init_factor", "trained_factor", "final_train_loss", "trained_spectral_radius"):
+        assert reused[key] == pytest.approx(fresh[key], rel=1e-5), key
+
+
+def _png_ok(path):
+    import matplotlib.image
+
+    image = matplotlib.image.imread(path)
+    return image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+
+
+def test_tiny_sweep_end_to_end(tmp_path, capsys):
+    argv = [
+        "--gains", "0.9,1000", "--activations", "linear", "--lengths", "40",
+        "--units", "4", "--batch_size", "8", "--train_steps", "4",
+        "--steps_per_epoch", "2", "--eval_samples", "8",
+        # Big enough that the linear RNN blows up within a few steps.
+        "--learning_rate", "1",
+        "--grad_every_n_batches", "2", "--workdir_root", str(tmp_path),
+        "--run_name", "tiny",
+    ]
+    workdir, results = dynamics.main(argv)
+    assert workdir == tmp_path / "dynamics" / "tiny"
+    on_disk = json.loads((workdir / "results.json").read_text())
+    assert on_disk["counts"] == {
+        "ok": 0, "diverged": 2, "crashed": 0, "skipped": 0
+    }
+    rows = {r["config_id"]: r for r in on_disk["rows"]}
+    assert set(rows) == {"linear_g0.9_T40", "linear_g1000_T40"}
+    # Linear, gain 1000, T = 40: 1000^39 overflows float32 at initialisation.
+    blown = rows["linear_g1000_T40"]
+    assert blown["status"] == "diverged" and blown["diverged_step"] == 0
+    assert blown["diverged_phase"] == "init" and blown["init_factor"] is None
+    assert blown["init_jacobian_factor"] == pytest.approx(1000, rel=1e-3)
+    assert blown["init_theory"] == pytest.approx(1000, rel=1e-6)
+    # Linear, gain 0.9, learning rate 1: measured at init, then diverges
+    # during training (recorded with its step, not a crash).
+    trained = rows["linear_g0.9_T40"]
+    assert trained["status"] == "diverged" and trained["diverged_phase"] == "train"
+    assert 1 <= trained["diverged_step"] <= 4
+    assert trained["init_factor"] == pytest.approx(0.9, rel=1e-3)
+    for key in ("init_theory", "init_theory_rms", "init_horizon", "init_mean_abs_dact",
+                "init_spectral_radius", "target_variance"):
+        assert np.isfinite(trained[key]), key
+    summary = on_disk["summary"][0]
+    assert summary["activation"] == "linear" and len(summary["diverged"]) == 2
+    assert summary["init_theory_median_rel_err"] < 1e-3
+    md = (workdir / "results.md").read_text()
+    assert "## T = 40, at initialisation" in md and "overflow@0 (jac 1e+03)" in md
+    assert "| 0.9 | 0.9 / 0.9 |" in md and "diverged@" in md
+    for name in ("norms_vs_steps_back_T40.png", "factor_vs_gain.png"):
+        assert _png_ok(workdir / "plots" / name)
+    config = json.loads((workdir / "config.json").read_text())
+    assert config["gains"] == "0.9,1000"
+    cfg_dir = workdir / "configs" / "linear_g0.9_T40"
+    assert (cfg_dir / "result.json").exists() and (cfg_dir / "norms.npz").exists()
+    assert (cfg_dir / "logs" / "gradient_norms.npz").exists()
+    assert any(p.name.startswith("events.out") for p in (cfg_dir / "logs" / "train").iterdir())
+
+    # Same run name again: resumed, nothing rerun.
+    _, again = dynamics.main(argv)
+    assert again["counts"]["skipped"] == 2
+    assert [(r["config_id"], r["status"], r.get("init_factor")) for r in again["rows"]] == [
+        (r["config_id"], r["status"], r.get("init_factor")) for r in on_disk["rows"]
+    ]
+    # Other settings under the same name: refused with one line, exit 2.
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        dynamics.main(argv + ["--units", "5"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: Run dir") and "units: 4 -> 5" in err
+
+
+def test_bad_flags_exit_2(tmp_path, capsys):
+    for flags, fragment in (
+        (["--gains", "0.5,-1"], "Expected positive gains"),
+        (["--activations", "tanh,softplus"], "Expected items from"),
+        (["--lengths", "50,50"], "twice"),
+        (["--workers", "0"], "workers=0"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            dynamics.main(flags + ["--workdir_root", str(tmp_path)])
+        assert exit_info.value.code == 2
+        assert fragment in capsys.readouterr().err
+    assert not (tmp_path / "dynamics").exists() or not any((tmp_path / "dynamics").iterdir())

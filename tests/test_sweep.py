@@ -1,0 +1,154 @@
+"""Tests for experiments/sweep.py: crash/diverge recording, resume, workers,
+HParams events. The configuration function here is pure NumPy so the engine
+is tested in seconds (spawn workers do not import TensorFlow for it)."""
+
+import io
+import json
+import os
+
+import numpy as np
+import pytest
+
+from experiments import sweep
+
+# Module-level so spawn workers can unpickle it by reference.
+CALLS_FILE = "calls.log"
+
+
+def toy_fn(params, config_dir):
+    """Seeded "training": crashes on request, diverges when scale > 1."""
+    with open(os.path.join(os.path.dirname(os.path.dirname(config_dir)), CALLS_FILE), "a") as f:
+        f.write(os.path.basename(config_dir) + "\n")
+    if params.get("crash"):
+        raise RuntimeError("boom: injected failure\nsecond line")
+    rng = np.random.default_rng(params["seed"])
+    w = rng.standard_normal(8) * params["scale"]
+    norms = np.abs(w).cumprod()
+    if not np.all(np.isfinite(norms)) or params["scale"] > 1e3:
+        return {"status": "diverged", "diverged_step": 3, "last": float("inf")}
+    if params["scale"] > 100:
+        raise sweep.Diverged(5, "overflow in toy", metrics={"partial": 1.5})
+    np.save(os.path.join(config_dir, "norms.npy"), norms)
+    return {"loss": float(norms.sum()), "factor": float(norms[-1] / norms[0])}
+
+
+def _configs(scales=(0.5, 1.0, 2.0), crash=False, extra=()):
+    configs = []
+    for s in list(scales) + list(extra):
+        params = {"scale": float(s), "seed": 3}
+        if crash and s == 1.0:
+            params["crash"] = True
+        configs.append((sweep.make_config_id(params, ["scale"], {"scale": "s"}), params))
+    return configs
+
+
+def _calls(sweep_dir):
+    path = os.path.join(sweep_dir, CALLS_FILE)
+    return open(path).read().split() if os.path.exists(path) else []
+
+
+def _prepare(tmp_path, name="sw", settings=None):
+    d = str(tmp_path / name)
+    resumed = sweep.prepare_sweep_dir(d, "toy", settings or {"steps": 10})
+    return d, resumed
+
+
+def test_crash_and_divergence_are_recorded_and_sweep_continues(tmp_path):
+    d, resumed = _prepare(tmp_path)
+    assert not resumed
+    configs = _configs(scales=(0.5, 1.0, 500.0, 1e4), crash=True)
+    records = sweep.run_sweep(d, configs, toy_fn, progress=False, metric_names=["loss"])
+    status = {r["config_id"]: r["status"] for r in records}
+    assert status == {"s0.5": "ok", "s1": "crashed", "s500": "diverged", "s10000": "diverged"}
+    crashed = records[1]
+    assert crashed["error"] == "RuntimeError: boom: injected failure"
+    assert "Traceback" in open(os.path.join(d, "configs", "s1", "traceback.txt")).read()
+    assert records[2]["diverged_step"] == 5 and records[2]["metrics"] == {"partial": 1.5}
+    # Non-finite metrics are stored as strict-JSON null.
+    assert records[3]["diverged_step"] == 3 and records[3]["metrics"]["last"] is None
+    for cid, _ in configs:
+        on_disk = json.load(open(os.path.join(d, "configs", cid, "result.json")))
+        assert on_disk["status"] == status[cid]
+    assert sweep.summarize(records)["crashed"] == 1
+
+
+def test_rerun_skips_finished_configs_and_retries_crashed(tmp_path):
+    d, _ = _prepare(tmp_path)
+    first = sweep.run_sweep(d, _configs(crash=True), toy_fn, progress=False)
+    assert _calls(d) == ["s0.5", "s1", "s2"]
+    # Same run name again: resumable; only the crashed one (now fixed) and a
+    # new axis value run.
+    d2, resumed = _prepare(tmp_path)
+    assert resumed and d2 == d
+    sweep_records = sweep.run_sweep(
+        d, _configs(extra=(4.0,)), toy_fn, progress=False
+    )
+    assert _calls(d) == ["s0.5", "s1", "s2", "s1", "s4"]
+    assert [r["skipped"] for r in sweep_records] == [True, False, True, False]
+    assert [r["status"] for r in sweep_records] == ["ok"] * 4
+    assert sweep_records[0]["metrics"] == first[0]["metrics"]
+
+
+def test_resume_refuses_changed_settings_and_foreign_dirs(tmp_path):
+    _prepare(tmp_path, settings={"steps": 10})
+    with pytest.raises(sweep.SweepError, match=r"other settings \(steps: 10 -> 20\)"):
+        _prepare(tmp_path, settings={"steps": 20})
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "results.json").write_text("{}")
+    with pytest.raises(sweep.SweepError, match="not a sweep"):
+        sweep.prepare_sweep_dir(str(plain), "toy", {})
+    with pytest.raises(sweep.SweepError, match="experiment 'toy'"):
+        sweep.prepare_sweep_dir(str(tmp_path / "sw"), "other", {"steps": 10})
+
+
+def test_workers_2_matches_workers_1(tmp_path):
+    configs = _configs(scales=(0.5, 1.0, 2.0, 500.0), crash=True)
+    d1, _ = _prepare(tmp_path, "w1")
+    d2, _ = _prepare(tmp_path, "w2")
+    r1 = sweep.run_sweep(d1, configs, toy_fn, workers=1, progress=False)
+    r2 = sweep.run_sweep(d2, configs, toy_fn, workers=2, threads=1, progress=False)
+    strip = lambda rs: [  # noqa: E731
+        {k: v for k, v in r.items() if k != "wall_s"} for r in rs
+    ]
+    assert strip(r1) == strip(r2)
+    np.testing.assert_array_equal(
+        np.load(os.path.join(d1, "configs", "s2", "norms.npy")),
+        np.load(os.path.join(d2, "configs", "s2", "norms.npy")),
+    )
+
+
+def test_progress_line(tmp_path):
+    stream = io.StringIO()
+    bar = sweep.Progress(2, label="toy", stream=stream)
+    bar.update({"config_id": "a", "status": "ok", "wall_s": 1.0})
+    bar.update({"config_id": "b", "status": "crashed", "wall_s": 0.5})
+    lines = stream.getvalue().splitlines()
+    assert lines[0].startswith("toy [1/2] ok 1 diverged 0 crashed 0 skipped 0")
+    assert "b: crashed in 0.5s" in lines[1]
+
+
+def test_hparams_events_written(tmp_path):
+    from tensorboard.backend.event_processing import event_accumulator as ea
+
+    d, _ = _prepare(tmp_path)
+    sweep.run_sweep(d, _configs(), toy_fn, progress=False, metric_names=["loss", "factor"])
+    top = ea.EventAccumulator(d)
+    top.Reload()
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    content = list(top.PluginTagToContent("hparams").values())[0]
+    data = plugin_data_pb2.HParamsPluginData.FromString(content)
+    names = {h.name for h in data.experiment.hparam_infos}
+    metrics = {m.name.tag for m in data.experiment.metric_infos}
+    assert names == {"scale", "seed"} and metrics == {"loss", "factor", "diverged"}
+
+    run = ea.EventAccumulator(os.path.join(d, "configs", "s2"))
+    run.Reload()
+    content = list(run.PluginTagToContent("hparams").values())[0]
+    start = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info
+    assert start.hparams["scale"].number_value == 2.0
+    assert start.group_name == "s2"
+    expected = json.load(open(os.path.join(d, "configs", "s2", "result.json")))
+    assert run.Scalars("loss")[0].value == pytest.approx(expected["metrics"]["loss"])
+    assert run.Scalars("diverged")[0].value == 0.0
