@@ -1,5 +1,7 @@
 """`VanillaRNNCell`: one step of the shared-weight Elman recurrence."""
 
+import numbers
+
 import keras
 from keras import activations
 from keras import constraints
@@ -24,7 +26,8 @@ def check_units(units):
 
 
 def check_rate(name, rate):
-    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not (
+    # numbers.Real also admits NumPy scalars (np.float32), as SimpleRNN does.
+    if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not (
         0.0 <= rate <= 1.0
     ):
         raise ValueError(

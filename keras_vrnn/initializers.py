@@ -160,6 +160,17 @@ class SpectralRadiusNormal(_SeededInitializer):
         return {"spectral_radius": self.spectral_radius, "seed": self.seed}
 
 
+# `register_keras_serializable` files them as "keras_vrnn>ClassName" only;
+# `keras.initializers.get("ScaledOrthogonal")` looks plain names up in the
+# global custom objects, so register the plain class names there too.
+keras.saving.get_custom_objects().update(
+    {
+        cls.__name__: cls
+        for cls in (ScaledOrthogonal, ScaledIdentity, SpectralRadiusNormal)
+    }
+)
+
+
 def spectral_radius(matrix):
     """Largest absolute eigenvalue of a square matrix (NumPy, float64)."""
     m = np.asarray(ops.convert_to_numpy(matrix), dtype=np.float64)

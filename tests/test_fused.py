@@ -1,0 +1,521 @@
+"""The fused path of `VanillaRNN` against the generic loop (`use_fused=False`)
+and against the float64 NumPy reference, including gradient probes.
+
+`use_fused=True` is used for the fused side: it raises if the fused path
+cannot run, so these tests cannot silently compare the generic loop with
+itself.
+"""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_vrnn import VanillaRNN
+from keras_vrnn import VanillaRNNCell
+from keras_vrnn import fused as fused_lib
+from keras_vrnn.probe import attached_probe
+
+pytestmark = pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow",
+    reason="TensorFlow-side tests (JAX is covered by test_jax_backend.py)",
+)
+
+ACTIVATIONS = ("tanh", "relu", "sigmoid", "linear")
+FWD_TOL = 1e-5
+GRAD_TOL = 1e-4
+BOOL_PAIRS = [(False, False), (True, True), (False, True), (True, False)]
+
+
+def rotated(*names, extra=()):
+    """Every activation x every value of `extra` (a list of tuples), each
+    with one of the four value pairs of the two boolean options `names`,
+    rotated so that each pair occurs with every activation and every value
+    of `extra`: the interactions that matter, at a quarter of the product."""
+    configs = []
+    extra = list(extra) or [()]
+    for i, activation in enumerate(ACTIVATIONS):
+        for j, rest in enumerate(extra):
+            a, b = BOOL_PAIRS[(i + j) % 4]
+            values = (activation, *rest, a, b)
+            configs.append(
+                pytest.param(
+                    *values,
+                    id="-".join(
+                        [activation]
+                        + [str(v) for v in rest]
+                        + [f"{names[0]}{int(a)}", f"{names[1]}{int(b)}"]
+                    ),
+                )
+            )
+    return configs
+
+
+def _xla_only_for(activation, monkeypatch, compiled=("tanh", "relu")):
+    """XLA-compiles the fused loops (as shipped) only for `compiled`
+    activations. Each (activation, dropout, probe, shape) variant costs an
+    XLA compilation of 1-2 s; test_fused_matches_generic compiles all four
+    activations, the variant tests below run the others uncompiled (the very
+    same loop code, run eagerly)."""
+    if activation not in compiled:
+        from keras_vrnn import fused_tf
+
+        monkeypatch.setattr(fused_tf, "USE_XLA", False)
+
+
+def _pair(shape, weight_seed=0, **kwargs):
+    """A fused and a generic VanillaRNN with the same random weights."""
+    fused = VanillaRNN(4, use_fused=True, **kwargs)
+    generic = VanillaRNN(4, use_fused=False, **kwargs)
+    fused.build(shape)
+    generic.build(shape)
+    rng = np.random.default_rng(weight_seed)
+    weights = [
+        (rng.standard_normal(w.shape) * 0.5).astype("float32")
+        for w in fused.get_weights()
+    ]
+    fused.set_weights(weights)
+    generic.set_weights(weights)
+    return fused, generic
+
+
+def _compare(ref, rf, rg):
+    ref.assert_rel_close(rf["y"], rg["y"], FWD_TOL, "output")
+    if rg["state"] is not None:
+        ref.assert_rel_close(rf["state"], rg["state"], FWD_TOL, "state")
+    for key in ("dx", "dW", "dU", "db", "dh0"):
+        assert (rf[key] is None) == (rg[key] is None), key
+        if rg[key] is not None:
+            ref.assert_rel_close(rf[key], rg[key], GRAD_TOL, key)
+
+
+@pytest.mark.parametrize(
+    "activation, go_backwards, return_sequences, return_state, use_bias, "
+    "initial_state",
+    rotated(
+        "bias", "h0",
+        extra=[
+            (gb, rs, st)
+            for gb in (False, True)
+            for rs in (False, True)
+            for st in (False, True)
+        ],
+    ),
+)
+def test_fused_matches_generic(
+    ref, activation, use_bias, go_backwards, return_sequences, return_state,
+    initial_state,
+):
+    p = ref.make_problem(seed=1, use_bias=use_bias, initial_state=initial_state)
+    fused, generic = _pair(
+        p["x"].shape,
+        activation=activation,
+        use_bias=use_bias,
+        go_backwards=go_backwards,
+        return_sequences=return_sequences,
+        return_state=return_state,
+    )
+    c = p["c"] if return_sequences else p["c_last"]
+    args = dict(initial_state=p["h0"], c=c, c_state=p["c_state"])
+    rf, rg = ref.run_tf(fused, p["x"], **args), ref.run_tf(generic, p["x"], **args)
+    _compare(ref, rf, rg)
+    # And both against the float64 reference.
+    expected = ref.rnn_reference(
+        p["x"], *fused.get_weights()[:2],
+        fused.get_weights()[2] if use_bias else None, p["h0"], activation,
+        go_backwards, return_sequences, c=c,
+        c_state=p["c_state"] if return_state else None,
+    )
+    ref.check_against_reference(rf, expected, FWD_TOL)
+
+
+@pytest.mark.parametrize(
+    "activation, rates, go_backwards, return_sequences",
+    rotated("back", "seq", extra=[((0.4, 0.0),), ((0.0, 0.5),), ((0.3, 0.4),)]),
+)
+def test_fused_dropout_matches_generic(
+    ref, monkeypatch, activation, rates, go_backwards, return_sequences
+):
+    _xla_only_for(activation, monkeypatch)
+    dropout, recurrent_dropout = rates
+    p = ref.make_problem(seed=2, initial_state=True)
+    fused, generic = _pair(
+        p["x"].shape,
+        activation=activation,
+        go_backwards=go_backwards,
+        return_sequences=return_sequences,
+        dropout=dropout,
+        recurrent_dropout=recurrent_dropout,
+        seed=17,
+    )
+    c = p["c"] if return_sequences else p["c_last"]
+    for _ in range(2):  # the second call draws new masks on both
+        rf = ref.run_tf(fused, p["x"], p["h0"], c=c, training=True)
+        rg = ref.run_tf(generic, p["x"], p["h0"], c=c, training=True)
+        _compare(ref, rf, rg)
+    plain = ref.run_tf(fused, p["x"], p["h0"], c=c, training=False)
+    assert not np.allclose(plain["y"], rf["y"])  # dropout did something
+
+
+@pytest.mark.parametrize(
+    "activation, dropout, go_backwards, return_sequences",
+    rotated("back", "seq", extra=[(0.0,), (0.3,)]),
+)
+def test_fused_stateful_matches_generic(
+    ref, monkeypatch, activation, dropout, go_backwards, return_sequences
+):
+    _xla_only_for(activation, monkeypatch)
+    shape = (3, 5, 3)
+    fused, generic = _pair(
+        shape,
+        stateful=True,
+        activation=activation,
+        go_backwards=go_backwards,
+        return_sequences=return_sequences,
+        dropout=dropout,
+        recurrent_dropout=dropout,
+        seed=5,
+    )
+    rng = np.random.default_rng(3)
+    batches = rng.standard_normal((3,) + shape).astype("float32")
+    for i, x in enumerate(batches):
+        if i == 2:
+            fused.reset_state()
+            generic.reset_state()
+        rf = ref.run_tf(fused, x, training=dropout > 0)
+        rg = ref.run_tf(generic, x, training=dropout > 0)
+        _compare(ref, rf, rg)
+        ref.assert_rel_close(
+            fused.states[0].numpy(),
+            generic.states[0].numpy(),
+            FWD_TOL,
+            f"state after batch {i}",
+        )
+
+
+@pytest.mark.parametrize(
+    "timesteps, activation, go_backwards",
+    [
+        (1, "tanh", False),
+        (1, "tanh", True),
+        (37, "tanh", True),
+        (37, "relu", False),
+    ],
+)
+def test_sequence_lengths_match_reference(ref, timesteps, activation, go_backwards):
+    # The TF loop runs 4 steps per iteration and zero-pads the last chunk:
+    # 1 is shorter than a chunk, 37 (and 5, used everywhere else) is not a
+    # multiple of 4.
+    p = ref.make_problem(seed=timesteps, timesteps=timesteps, initial_state=True)
+    fused, generic = _pair(
+        p["x"].shape, activation=activation, go_backwards=go_backwards,
+        return_sequences=True,
+    )
+    # Tame the weights so 37 linear/relu steps neither explode nor vanish.
+    W = p["W"] * 0.5
+    U = (p["U"] * 0.7).astype("float32")
+    for layer in (fused, generic):
+        layer.set_weights([W, U, p["b"]])
+    expected = ref.rnn_reference(
+        p["x"], W, U, p["b"], p["h0"], activation, go_backwards, True, c=p["c"]
+    )
+    rf = ref.run_tf(fused, p["x"], p["h0"], c=p["c"])
+    rg = ref.run_tf(generic, p["x"], p["h0"], c=p["c"])
+    ref.check_against_reference(rf, expected, FWD_TOL)
+    _compare(ref, rf, rg)
+    assert rf["y"].shape == (3, timesteps, 4)
+
+
+def _model(use_fused, timesteps=None, return_sequences=False, **kwargs):
+    inputs = keras.Input(shape=(timesteps, 3))
+    h = VanillaRNN(
+        4, return_sequences=return_sequences, use_fused=use_fused, **kwargs
+    )(inputs)
+    outputs = keras.layers.Dense(2)(h)
+    return keras.Model(inputs, outputs)
+
+
+def _twin_models(**kwargs):
+    fused = _model(True, **kwargs)
+    generic = _model(False, **kwargs)
+    generic.set_weights(fused.get_weights())
+    for m in (fused, generic):
+        m.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    return fused, generic
+
+
+def test_dynamic_time_dimension(ref):
+    # keras.Input(shape=(None, F)): the fused path's unknown-length branch.
+    return_sequences = True
+    fused, generic = _twin_models(return_sequences=return_sequences)
+    rng = np.random.default_rng(4)
+    for timesteps in (7,):
+        x = rng.standard_normal((3, timesteps, 3)).astype("float32")
+        yf = fused.predict(x, batch_size=3, verbose=0)
+        yg = generic.predict(x, batch_size=3, verbose=0)
+        ref.assert_rel_close(yf, yg, FWD_TOL, f"predict T={timesteps}")
+    x = rng.standard_normal((3, 6, 3)).astype("float32")
+    y = rng.standard_normal(
+        (3, 6, 2) if return_sequences else (3, 2)
+    ).astype("float32")
+    for _ in range(2):
+        lf = fused.train_on_batch(x, y)
+        lg = generic.train_on_batch(x, y)
+        np.testing.assert_allclose(lf, lg, rtol=1e-5)
+    for wf, wg in zip(fused.get_weights(), generic.get_weights()):
+        ref.assert_rel_close(wf, wg, 1e-5, "weights after train steps")
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(return_sequences=True, go_backwards=True),
+        dict(
+            activation="relu", use_bias=False, dropout=0.3,
+            recurrent_dropout=0.3, seed=11,
+        ),
+    ],
+    ids=["seq_backwards", "relu_nobias_dropout"],
+)
+def test_training_end_to_end(ref, kwargs):
+    fused, generic = _twin_models(timesteps=5, **kwargs)
+    initial = [w.copy() for w in fused.get_weights()]
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((3, 5, 3)).astype("float32")
+    out_shape = (3, 5, 2) if kwargs.get("return_sequences") else (3, 2)
+    y = rng.standard_normal(out_shape).astype("float32")
+    for _ in range(3):
+        lf = fused.train_on_batch(x, y)
+        lg = generic.train_on_batch(x, y)
+        np.testing.assert_allclose(lf, lg, rtol=1e-5)
+    for wf, wg, w0 in zip(fused.get_weights(), generic.get_weights(), initial):
+        ref.assert_rel_close(wf, wg, 1e-5, "weights after 3 SGD steps")
+        assert not np.array_equal(wf, w0)  # training moved every weight
+
+
+# ---------------------------------------------------------------------------
+# Configurations the fused path does not cover: fallback, or ValueError
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "case", ["mask", "unroll", "softplus", "custom_callable"]
+)
+def test_uncovered_configurations_fall_back(ref, fused_calls, case):
+    p = ref.make_problem(seed=6, initial_state=True)
+    kwargs = dict(return_sequences=True)
+    mask = None
+    activation = "tanh"
+    if case == "mask":
+        mask = np.ones((3, 5), bool)
+        mask[0, 2] = mask[2, 0] = False
+    elif case == "unroll":
+        kwargs["unroll"] = True
+    elif case == "softplus":
+        activation = kwargs["activation"] = "softplus"
+    else:
+        kwargs["activation"] = lambda z: keras.ops.tanh(z)
+    auto = VanillaRNN(4, use_fused="auto", **kwargs)
+    generic = VanillaRNN(4, use_fused=False, **kwargs)
+    for layer in (auto, generic):
+        layer.build(p["x"].shape)
+        layer.set_weights(p["weights"])
+    ra = ref.run_tf(auto, p["x"], p["h0"], c=p["c"], mask=mask)
+    rg = ref.run_tf(generic, p["x"], p["h0"], c=p["c"], mask=mask)
+    assert not fused_calls
+    for key in ("y", "dx", "dW", "dU", "db", "dh0"):
+        np.testing.assert_array_equal(ra[key], rg[key], err_msg=key)
+    if mask is None:  # and it is right
+        expected = ref.rnn_reference(
+            p["x"], p["W"], p["U"], p["b"], p["h0"], activation, False, True,
+            c=p["c"],
+        )
+        ref.check_against_reference(ra, expected, FWD_TOL)
+
+    strict = VanillaRNN(4, use_fused=True, **kwargs)
+    with pytest.raises(ValueError) as excinfo:
+        strict(p["x"], mask=None if mask is None else mask)
+    message = str(excinfo.value)
+    assert "use_fused=True" in message and "use_fused='auto'" in message
+    keyword = {
+        "mask": "mask", "unroll": "unroll=True", "softplus": "softplus",
+        "custom_callable": "activation",
+    }[case]
+    assert keyword in message, message
+
+
+@pytest.mark.parametrize("activation", [None, keras.activations.relu, "sigmoid"])
+def test_activation_aliases_take_the_fused_path(ref, fused_calls, activation):
+    p = ref.make_problem(seed=7)
+    layer = VanillaRNN(4, activation=activation, return_sequences=True)
+    layer.build(p["x"].shape)
+    layer.set_weights(p["weights"])
+    result = ref.run_tf(layer, p["x"], c=p["c"])
+    assert fused_calls
+    name = {None: "linear", "sigmoid": "sigmoid"}.get(activation, "relu")
+    expected = ref.rnn_reference(
+        p["x"], p["W"], p["U"], p["b"], None, name, False, True, c=p["c"]
+    )
+    ref.check_against_reference(result, expected, FWD_TOL)
+
+
+def test_unsupported_reason():
+    layer = VanillaRNN(4)
+    assert fused_lib.unsupported_reason(layer, None) is None
+    assert "mask" in fused_lib.unsupported_reason(layer, tf.ones((1, 2), bool))
+    assert "probe" in fused_lib.unsupported_reason(layer, None, direct_only=True)
+    assert fused_lib.activation_name(None) == "linear"
+    assert fused_lib.activation_name(keras.activations.softplus) is None
+
+
+# ---------------------------------------------------------------------------
+# Gradient probes: dL/dp_t is the total dL/dh_t (or its direct part)
+# ---------------------------------------------------------------------------
+
+
+def _probe_layer(kind, **kwargs):
+    if kind == "rnn_cell":
+        cell_kwargs = {
+            k: kwargs.pop(k)
+            for k in ("activation", "dropout", "recurrent_dropout", "seed")
+            if k in kwargs
+        }
+        return keras.layers.RNN(VanillaRNNCell(4, **cell_kwargs), **kwargs)
+    use_fused = {"fused": "auto", "generic": False}[kind]
+    return VanillaRNN(4, use_fused=use_fused, **kwargs)
+
+
+def _probe_gradient(layer, x, h0, c, probe_shape, direct_only, training=False):
+    x = tf.constant(x)
+    probe = tf.zeros(probe_shape)
+    with tf.GradientTape() as tape:
+        tape.watch(probe)
+        with attached_probe(layer, probe, direct_only=direct_only):
+            y = layer(x, initial_state=tf.constant(h0), training=training)
+        loss = tf.reduce_sum(c * y)
+    return np.asarray(y), np.asarray(tape.gradient(loss, probe))
+
+
+@pytest.mark.parametrize(
+    "activation, kind, direct_only, go_backwards, return_sequences",
+    rotated(
+        "back", "seq",
+        extra=[
+            (kind, direct)
+            for kind in ("fused", "generic", "rnn_cell")
+            for direct in (False, True)
+        ],
+    ),
+)
+def test_probe_gradient_is_bptt(
+    ref, monkeypatch, fused_calls, activation, kind, direct_only, go_backwards,
+    return_sequences,
+):
+    _xla_only_for(activation, monkeypatch)
+    p = ref.make_problem(seed=8, initial_state=True)
+    layer = _probe_layer(
+        kind,
+        activation=activation,
+        go_backwards=go_backwards,
+        return_sequences=return_sequences,
+    )
+    layer.build(p["x"].shape)
+    layer.set_weights(p["weights"])
+    c = p["c"] if return_sequences else p["c_last"]
+    expected = ref.rnn_reference(
+        p["x"], p["W"], p["U"], p["b"], p["h0"], activation, go_backwards,
+        return_sequences, c=c,
+    )
+    y, grad = _probe_gradient(
+        layer, p["x"], p["h0"], c, (3, 5, 4), direct_only
+    )
+    # The zero probe changes nothing in the forward pass.
+    ref.assert_rel_close(y, expected["y"], FWD_TOL, "output with probe")
+    want = expected["direct"] if direct_only else expected["dh"]
+    ref.assert_rel_close(grad, want, FWD_TOL, "probe gradient")
+    # Non-trivial: the recurrence contributes (total != direct).
+    assert not np.allclose(expected["dh"], expected["direct"])
+    # The fused path serves full probes; direct-only ones need the generic loop.
+    assert bool(fused_calls) == (kind == "fused" and not direct_only)
+    # The probe is detached afterwards: a plain call works and matches.
+    ref.assert_rel_close(
+        layer(p["x"], initial_state=p["h0"]), expected["y"], FWD_TOL, "after"
+    )
+    assert not hasattr(layer, "_vrnn_probe")
+
+
+@pytest.mark.parametrize(
+    "kind, go_backwards",
+    [("fused", True), ("generic", False), ("rnn_cell", True)],
+)
+def test_probe_gradient_with_dropout(ref, kind, go_backwards):
+    p = ref.make_problem(seed=9, initial_state=True)
+    layer = _probe_layer(
+        kind, return_sequences=True, go_backwards=go_backwards,
+        dropout=0.3, recurrent_dropout=0.4, seed=21,
+    )
+    layer.build(p["x"].shape)
+    layer.set_weights(p["weights"])
+    gen = keras.random.SeedGenerator(21)
+    in_mask = np.asarray(keras.random.dropout(tf.ones((3, 3)), 0.3, seed=gen))
+    rec_mask = np.asarray(keras.random.dropout(tf.ones((3, 4)), 0.4, seed=gen))
+    expected = ref.rnn_reference(
+        p["x"], p["W"], p["U"], p["b"], p["h0"], "tanh", go_backwards, True,
+        c=p["c"], in_mask=in_mask, rec_mask=rec_mask,
+    )
+    y, grad = _probe_gradient(
+        layer, p["x"], p["h0"], p["c"], (3, 5, 4), False, training=True
+    )
+    ref.assert_rel_close(y, expected["y"], FWD_TOL, "output")
+    ref.assert_rel_close(grad, expected["dh"], FWD_TOL, "probe gradient")
+
+
+def test_direct_only_probe_with_use_fused_true(ref, fused_calls):
+    # A direct-only probe cuts the recurrence, which only the generic loop
+    # can do; even use_fused=True takes the generic loop then (a diagnostic
+    # must not fail on the user's setting) and gives the direct part.
+    p = ref.make_problem(seed=10)
+    layer = VanillaRNN(4, use_fused=True, return_sequences=True)
+    layer.build(p["x"].shape)
+    layer.set_weights(p["weights"])
+    x = tf.constant(p["x"])
+    probe = tf.zeros((3, 5, 4))
+    with tf.GradientTape() as tape:
+        tape.watch(probe)
+        with attached_probe(layer, probe, direct_only=True):
+            y = layer(x)
+        loss = tf.reduce_sum(p["c"] * y)
+    np.testing.assert_allclose(np.asarray(tape.gradient(loss, probe)), p["c"])
+    assert not fused_calls
+    # A full probe uses the fused path.
+    with attached_probe(layer, tf.zeros((3, 5, 4))):
+        layer(x)
+    assert fused_calls
+
+
+def test_probe_in_compiled_function(ref):
+    # Inside a tf.function (as diagnostics callbacks use it).
+    p = ref.make_problem(seed=12)
+    layer = VanillaRNN(4, return_sequences=True)
+    layer.build(p["x"].shape)
+    layer.set_weights(p["weights"])
+
+    @tf.function
+    def probe_grad(x):
+        probe = tf.zeros((3, 5, 4))
+        with tf.GradientTape() as tape:
+            tape.watch(probe)
+            with attached_probe(layer, probe):
+                y = layer(x)
+            loss = tf.reduce_sum(p["c"] * y)
+        return tape.gradient(loss, probe)
+
+    expected = ref.rnn_reference(
+        p["x"], p["W"], p["U"], p["b"], None, "tanh", False, True, c=p["c"]
+    )
+    ref.assert_rel_close(probe_grad(p["x"]), expected["dh"], FWD_TOL, "probe")
+
+
+def test_activations_cover_the_fused_path():
+    # Guard: the parametrizations above span what the fused path supports.
+    assert set(ACTIVATIONS) == set(fused_lib.SUPPORTED_ACTIVATIONS)
