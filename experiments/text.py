@@ -15,8 +15,8 @@ vocabulary is their sorted set of characters. The last `validation_fraction`
 of them is the validation text (contiguous, so it is unseen text, not
 interleaved lines). Both parts are cut into non-overlapping windows of
 `seq_len` characters; the target of each character is the next one. Training
-draws shuffled windows (a new order each pass) for `epochs x steps_per_epoch`
-batches. Each window starts from a zero hidden state, so the first characters
+draws shuffled windows (a new seeded order each pass over them) for
+`epochs x steps_per_epoch` batches (`runner.shuffled_batch_indices`). Each window starts from a zero hidden state, so the first characters
 of a window are predicted with little context and the reported loss is a bit
 pessimistic compared with a stateful evaluation.
 
@@ -31,8 +31,14 @@ Metrics (results.json and the final printout):
   a model learns context only if it beats the unigram baseline;
 - a text sample from `sample_prompt` at `temperature`, seeded by `seed`.
 
+`--strategy mirrored|multi-worker` trains data-parallel (`--batch_size` is
+the global batch); an interrupted run resumes when started again with the
+same `--run_name`; `--init_from` starts from the weights of a saved model;
+a run whose loss or gradients become NaN/inf stops with status "diverged"
+(exit 3). See `experiments.runner`.
+
 Run dir (see `experiments.runner`): config.json, results.json, model.keras,
-vocab.json, logs/ (TensorBoard, gradient norms), plots/loss_curves.png (in
+vocab.json, history.json, logs/ (TensorBoard, gradient norms), plots/loss_curves.png (in
 bpc, with the baselines), plots/gradient_heatmap.png and
 plots/gradient_norms_vs_steps_back.png.
 """
@@ -49,10 +55,11 @@ from experiments import runner
 from experiments.runner import option
 
 LN2 = math.log(2.0)
+ACTIVATIONS = ("tanh", "relu", "sigmoid", "linear")
 
 
 @dataclasses.dataclass
-class Config(runner.BaseConfig):
+class Config(runner.TrainingConfig):
     """Character-level language model (Embedding -> VanillaRNN -> Dense)."""
 
     experiment: ClassVar[str] = "text"
@@ -81,9 +88,21 @@ class Config(runner.BaseConfig):
     embed_dim: int = option(
         32, "Size of the character embedding (0: one-hot input)."
     )
+    activation: str = option(
+        "tanh", "Activation of the VanillaRNN layer.", choices=ACTIVATIONS
+    )
+    # None: Keras' "orthogonal" (gain 1). > 1 makes the recurrence expand.
+    recurrent_gain: Optional[float] = option(
+        None,
+        "Initialize the recurrent kernel as an orthogonal matrix times this "
+        "gain (keras_vrnn.initializers.ScaledOrthogonal; default: plain "
+        "orthogonal, gain 1).",
+    )
 
     # --- training -----------------------------------------------------------
-    batch_size: int = option(64, "Windows per training batch.")
+    batch_size: int = option(
+        64, "Windows per training batch (global: split across replicas)."
+    )
     epochs: int = option(8, "Number of epochs.")
     # 8 x 125 batches of 64 x 64 chars: ~4M characters seen in ~1.5 min.
     steps_per_epoch: int = option(125, "Training batches per epoch.")
@@ -116,6 +135,9 @@ class Config(runner.BaseConfig):
         runner.check_fraction("validation_fraction", self.validation_fraction)
         runner.check_positive_int("hidden", self.hidden, example=192)
         runner.check_int("embed_dim", self.embed_dim, minimum=0)
+        runner.check_choice("activation", self.activation, ACTIVATIONS)
+        if self.recurrent_gain is not None:
+            runner.check_positive("recurrent_gain", self.recurrent_gain)
         runner.check_positive_int("batch_size", self.batch_size, example=64)
         runner.check_positive_int("epochs", self.epochs, example=8)
         runner.check_positive_int("steps_per_epoch", self.steps_per_epoch)
@@ -226,11 +248,22 @@ def build_model(config, vocab_size):
             trainable=False,
             name="embed",
         )
+    recurrent = "orthogonal"
+    if config.recurrent_gain is not None:
+        recurrent = keras_vrnn.initializers.ScaledOrthogonal(
+            gain=config.recurrent_gain, seed=config.seed
+        )
     model = keras.Sequential(
         [
             keras.Input((None,), dtype="int32", name="chars"),
             embedding,
-            keras_vrnn.VanillaRNN(config.hidden, return_sequences=True, name="rnn"),
+            keras_vrnn.VanillaRNN(
+                config.hidden,
+                activation=config.activation,
+                recurrent_initializer=recurrent,
+                return_sequences=True,
+                name="rnn",
+            ),
             keras.layers.Dense(vocab_size, name="logits"),
         ],
         name="char_rnn",
@@ -251,19 +284,6 @@ def make_optimizer(config):
     if config.clipnorm > 0:
         kwargs["global_clipnorm"] = config.clipnorm
     return classes[config.optimizer](**kwargs)
-
-
-def _training_dataset(x, y, batch_size, seed):
-    """Shuffled (new order each pass), repeated batches of windows."""
-    import tensorflow as tf
-
-    return (
-        tf.data.Dataset.from_tensor_slices((x, y))
-        .shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-        .repeat()
-        .batch(batch_size, drop_remainder=True)
-        .prefetch(2)
-    )
 
 
 def sample(model, vocab, prompt, length, temperature=1.0, seed=0):
@@ -325,27 +345,34 @@ def train_and_evaluate(config, workdir):
     """Trains the character model, evaluates, samples; writes the run dir.
 
     Returns:
-        The results dict (also saved as results.json).
+        The results dict (also saved as results.json), with `"status"`:
+        "ok", or "diverged" (then without evaluation, see the runner).
     """
     prepared = prepare_data(config)  # DataError here: exit 2, nothing trained
     vocab, baselines, info = prepared["vocab"], prepared["baselines"], prepared["info"]
     x_train, y_train = prepared["splits"]["train"]
     x_val, y_val = prepared["splits"]["validation"]
+
+    strategy = runner.make_strategy(config.strategy)  # first TensorFlow work
+    runner.check_global_batch(config.batch_size, strategy)
+    runner.set_seed(config.seed)
+    import keras
+
+    with strategy.scope():
+        model = build_model(config, vocab.size)
+        model.compile(
+            optimizer=runner.clip_global_gradient(make_optimizer(config)),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
+    if config.init_from is not None:
+        runner.load_initial_weights(model, config.init_from)
     (workdir / "vocab.json").write_text(vocab.to_json() + "\n", encoding="utf-8")
     print(
         f"Text: {info['source']}, {info['chars_used']:,} of "
         f"{info['chars_total']:,} characters, vocabulary {vocab.size}; "
         f"{info['train_windows']:,} training and {info['validation_windows']:,} "
-        f"validation windows of {config.seq_len}."
-    )
-
-    runner.set_seed(config.seed)
-    import keras
-
-    model = build_model(config, vocab.size)
-    model.compile(
-        optimizer=make_optimizer(config),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        f"validation windows of {config.seq_len}; "
+        f"{strategy.num_replicas_in_sync} replica(s)."
     )
     # Fixed windows for the gradient norms and the train-loss estimate.
     rng = np.random.default_rng(config.seed)
@@ -357,23 +384,83 @@ def train_and_evaluate(config, workdir):
         workdir,
         grad_batch=(x_train[grad_rows], y_train[grad_rows]),
         every_n_batches=config.grad_every_n_batches,
+        resumable=True,
+        stop_on_divergence=True,
     )
+    first_epoch = runner.initial_epoch(workdir)  # > 0 when resuming
     start = time.perf_counter()
-    history = model.fit(
-        _training_dataset(x_train, y_train, config.batch_size, config.seed),
-        epochs=config.epochs,
-        steps_per_epoch=config.steps_per_epoch,
-        validation_data=(x_val, y_val),
-        validation_batch_size=256,
-        shuffle=False,  # the dataset shuffles (seeded)
-        callbacks=callbacks,
-        verbose=config.verbose,
-    )
+    if first_epoch < config.epochs:
+        batches = runner.shuffled_batch_indices(
+            len(x_train),
+            config.batch_size,
+            config.seed,
+            first_batch=first_epoch * config.steps_per_epoch,
+            num_batches=(config.epochs - first_epoch) * config.steps_per_epoch,
+        )
+        model.fit(
+            runner.batch_dataset((x_train, y_train), batches),
+            epochs=config.epochs,
+            initial_epoch=first_epoch,
+            shuffle=False,  # the batches are shuffled already (seeded)
+            steps_per_epoch=config.steps_per_epoch,
+            validation_data=(x_val, y_val),
+            validation_batch_size=runner.eval_batch_size(len(x_val), strategy),
+            callbacks=callbacks,
+            verbose=config.verbose,
+        )
     train_time = time.perf_counter() - start
+    history = runner.load_history(workdir)
+    results = {
+        "experiment": Config.experiment,
+        "status": runner.STATUS_OK,
+        "data": info,
+        "baselines": baselines,
+        "run": {
+            "strategy": config.strategy,
+            "replicas": strategy.num_replicas_in_sync,
+            "resumed_from_epoch": first_epoch or None,
+            "init_from": config.init_from,
+        },
+    }
+
+    def plot_losses(title):
+        runner.plot_loss_curves(
+            history,
+            runner.plots_dir(workdir) / "loss_curves.png",
+            scale=1.0 / LN2,
+            ylabel="bits per character",
+            baselines={
+                "unigram (validation)": baselines["unigram_bpc"],
+                f"uniform (log2 {vocab.size})": baselines["uniform_bpc"],
+            },
+            title=title,
+        )
+        runner.plot_gradient_norms(workdir)
+
+    diverged = runner.divergence(callbacks)
+    if diverged is not None:
+        checkpoint = runner.checkpoint_path(workdir)
+        backup = runner.read_backup(workdir)
+        results.update(
+            status=runner.STATUS_DIVERGED,
+            diverged_at=diverged,
+            best_epoch=runner.best_epoch(history),
+            epochs=len(history.get("loss", [])),
+            history=history,
+            train_time_s=train_time,
+            checkpoint=checkpoint.name if checkpoint.exists() else None,
+            backup_epoch=backup["epoch"] if backup else None,
+        )
+        plot_losses("Character-level VanillaRNN (diverged)")
+        runner.save_results(workdir, results)
+        return results
 
     best = runner.restore_best_weights(model, workdir)  # report the best epoch
-    val_nats = _eval_loss(best, x_val, y_val)
-    train_nats = _eval_loss(best, x_train[eval_rows], y_train[eval_rows])
+    val_nats = _eval_loss(
+        best, x_val, y_val, runner.eval_batch_size(len(x_val), strategy))
+    train_nats = _eval_loss(
+        best, x_train[eval_rows], y_train[eval_rows],
+        runner.eval_batch_size(len(eval_rows), strategy))
     sample_start = time.perf_counter()
     text_sample = sample(
         best,
@@ -384,38 +471,21 @@ def train_and_evaluate(config, workdir):
         seed=config.seed,
     )
     sample_time = time.perf_counter() - sample_start
-
-    plots = runner.plots_dir(workdir)
-    runner.plot_loss_curves(
-        history,
-        plots / "loss_curves.png",
-        scale=1.0 / LN2,
-        ylabel="bits per character",
-        baselines={
-            "unigram (validation)": baselines["unigram_bpc"],
-            f"uniform (log2 {vocab.size})": baselines["uniform_bpc"],
-        },
-        title="Character-level VanillaRNN",
-    )
-    runner.plot_gradient_norms(workdir)
-
-    results = {
-        "experiment": Config.experiment,
-        "data": info,
-        "train": {"loss_nats": train_nats, "bpc": train_nats / LN2},
-        "validation": {"loss_nats": val_nats, "bpc": val_nats / LN2},
-        "baselines": baselines,
-        "best_epoch": runner.best_epoch(history),
-        "epochs": len(history.history.get("loss", [])),
-        "history": {k: list(v) for k, v in history.history.items()},
-        "train_time_s": train_time,
-        "sample_time_s": sample_time,
-        "sample": {
+    plot_losses("Character-level VanillaRNN")
+    results.update(
+        train={"loss_nats": train_nats, "bpc": train_nats / LN2},
+        validation={"loss_nats": val_nats, "bpc": val_nats / LN2},
+        best_epoch=runner.best_epoch(history),
+        epochs=len(history.get("loss", [])),
+        history=history,
+        train_time_s=train_time,
+        sample_time_s=sample_time,
+        sample={
             "prompt": config.sample_prompt,
             "temperature": config.temperature,
             "text": text_sample,
         },
-    }
+    )
     runner.save_results(workdir, results)
     _print_summary(results)
     return results

@@ -26,10 +26,19 @@ split (and validation): MSE and MAE of
 - persistence: the last observed value, repeated for every horizon step,
 - seasonal naive: the value one season (`period`) before each target.
 
+Training: an epoch is one pass over the training windows in a seeded
+random order (a new order each epoch), in `len(train) // batch_size` whole
+batches (the few windows left over differ from epoch to epoch).
+`--strategy mirrored|multi-worker` trains data-parallel (`--batch_size` is
+the global batch); an interrupted run resumes when started again with the
+same `--run_name`; `--init_from` starts from the weights of a saved model;
+a run whose loss or gradients become NaN/inf stops with status "diverged"
+(exit 3). See `experiments.runner`.
+
 Run dir (see `experiments.runner`): config.json, results.json, model.keras,
-scaler.json, logs/ (TensorBoard, gradient norms), plots/loss_curves.png,
-plots/forecast_vs_truth.png (test split), plots/gradient_heatmap.png and
-plots/gradient_norms_vs_steps_back.png.
+scaler.json, history.json, logs/ (TensorBoard, gradient norms),
+plots/loss_curves.png, plots/forecast_vs_truth.png (test split),
+plots/gradient_heatmap.png and plots/gradient_norms_vs_steps_back.png.
 """
 
 import dataclasses
@@ -45,8 +54,11 @@ from experiments.runner import option
 BUILTIN_SERIES = ("sunspots", "co2")
 
 
+ACTIVATIONS = ("tanh", "relu", "sigmoid", "linear")
+
+
 @dataclasses.dataclass
-class Config(runner.BaseConfig):
+class Config(runner.TrainingConfig):
     """Time-series forecasting with a VanillaRNN (sunspots, co2 or a CSV)."""
 
     experiment: ClassVar[str] = "timeseries"
@@ -86,7 +98,19 @@ class Config(runner.BaseConfig):
 
     # --- model and training -------------------------------------------------
     hidden: int = option(32, "Units of the VanillaRNN layer.")
-    batch_size: int = option(32, "Windows per training batch.")
+    activation: str = option(
+        "tanh", "Activation of the VanillaRNN layer.", choices=ACTIVATIONS
+    )
+    # None: Keras' "orthogonal" (gain 1). > 1 makes the recurrence expand.
+    recurrent_gain: Optional[float] = option(
+        None,
+        "Initialize the recurrent kernel as an orthogonal matrix times this "
+        "gain (keras_vrnn.initializers.ScaledOrthogonal; default: plain "
+        "orthogonal, gain 1).",
+    )
+    batch_size: int = option(
+        32, "Windows per training batch (global: split across replicas)."
+    )
     epochs: int = option(20, "Number of epochs.")
     learning_rate: float = option(3e-3, "Learning rate of the optimizer.")
     optimizer: str = option(
@@ -126,6 +150,9 @@ class Config(runner.BaseConfig):
                 f"sum below 1 (the rest is the test split), e.g. 0.7 and 0.15."
             )
         runner.check_positive_int("hidden", self.hidden, example=32)
+        runner.check_choice("activation", self.activation, ACTIVATIONS)
+        if self.recurrent_gain is not None:
+            runner.check_positive("recurrent_gain", self.recurrent_gain)
         runner.check_positive_int("batch_size", self.batch_size, example=32)
         runner.check_positive_int("epochs", self.epochs, example=20)
         runner.check_positive("learning_rate", self.learning_rate)
@@ -237,10 +264,20 @@ def build_model(config):
 
     import keras_vrnn
 
+    recurrent = "orthogonal"
+    if config.recurrent_gain is not None:
+        recurrent = keras_vrnn.initializers.ScaledOrthogonal(
+            gain=config.recurrent_gain, seed=config.seed
+        )
     return keras.Sequential(
         [
             keras.Input((config.window, 1), name="past"),
-            keras_vrnn.VanillaRNN(config.hidden, name="rnn"),
+            keras_vrnn.VanillaRNN(
+                config.hidden,
+                activation=config.activation,
+                recurrent_initializer=recurrent,
+                name="rnn",
+            ),
             keras.layers.Dense(config.horizon, name="forecast"),
         ],
         name="forecaster",
@@ -292,55 +329,97 @@ def train_and_evaluate(config, workdir):
     """Trains the forecaster, evaluates it and the baselines; writes the run dir.
 
     Returns:
-        The results dict (also saved as results.json).
+        The results dict (also saved as results.json), with `"status"`:
+        "ok", or "diverged" (then without test metrics, see the runner).
     """
     prepared = prepare_data(config)  # DataError here: exit 2, nothing trained
     values, meta, scaler = prepared["values"], prepared["meta"], prepared["scaler"]
     splits = prepared["splits"]
     x_train, y_train = splits["train"]["x"], splits["train"]["y"]
     x_val, y_val = splits["validation"]["x"], splits["validation"]["y"]
+    steps_per_epoch = len(x_train) // config.batch_size
+    if steps_per_epoch < 1:
+        raise data.DataError(
+            f"Received: {len(x_train)} training windows with batch_size="
+            f"{config.batch_size}. Expected at least one whole batch; use "
+            f"--batch_size {len(x_train)} or less, or a longer series."
+        )
+
+    strategy = runner.make_strategy(config.strategy)  # first TensorFlow work
+    runner.check_global_batch(config.batch_size, strategy)
+    val_batch = runner.eval_batch_size(len(x_val), strategy, config.batch_size)
+    runner.set_seed(config.seed)
+    with strategy.scope():
+        model = build_model(config)
+        optimizer = runner.clip_global_gradient(make_optimizer(config))
+        model.compile(optimizer=optimizer, loss="mse", metrics=["mae"])
+    if config.init_from is not None:
+        runner.load_initial_weights(model, config.init_from)
     (workdir / "scaler.json").write_text(scaler.to_json() + "\n", encoding="utf-8")
     print(
         f"Series: {meta['name']} ({meta['column']}), {meta['n']} values, "
         f"modelling its {meta['modelled']}; windows train/validation/test = "
         f"{meta['train_windows']}/{meta['validation_windows']}/"
         f"{meta['test_windows']} (window {config.window}, horizon "
-        f"{config.horizon})."
+        f"{config.horizon}); {strategy.num_replicas_in_sync} replica(s)."
     )
 
-    runner.set_seed(config.seed)
-    model = build_model(config)
-    model.compile(optimizer=make_optimizer(config), loss="mse", metrics=["mae"])
     rng = np.random.default_rng(config.seed)
     grad_rows = rng.choice(len(x_train), min(config.batch_size, len(x_train)), False)
     callbacks = runner.standard_callbacks(
         workdir,
         grad_batch=(x_train[grad_rows], y_train[grad_rows]),
         every_n_batches=config.grad_every_n_batches,
+        resumable=True,
+        stop_on_divergence=True,
     )
+    first_epoch = runner.initial_epoch(workdir)  # > 0 when resuming
     start = time.perf_counter()
-    history = model.fit(
-        x_train,
-        y_train,
-        batch_size=config.batch_size,
-        epochs=config.epochs,
-        validation_data=(x_val, y_val),
-        shuffle=True,
-        callbacks=callbacks,
-        verbose=config.verbose,
-    )
+    if first_epoch < config.epochs:
+        batches = runner.shuffled_batch_indices(
+            len(x_train),
+            config.batch_size,
+            config.seed,
+            first_batch=first_epoch * steps_per_epoch,
+            num_batches=(config.epochs - first_epoch) * steps_per_epoch,
+            whole_passes=True,
+        )
+        model.fit(
+            runner.batch_dataset((x_train, y_train), batches),
+            epochs=config.epochs,
+            initial_epoch=first_epoch,
+            shuffle=False,  # the batches are shuffled already (seeded)
+            steps_per_epoch=steps_per_epoch,
+            validation_data=(x_val, y_val),
+            validation_batch_size=val_batch,
+            callbacks=callbacks,
+            verbose=config.verbose,
+        )
     train_time = time.perf_counter() - start
+    history = runner.load_history(workdir)
+    results = {
+        "experiment": Config.experiment,
+        "status": runner.STATUS_OK,
+        "data": {**meta, "scaler": {"mean": scaler.mean, "std": scaler.std}},
+        "units": f"original units of {meta['column']!r}",
+        "run": {
+            "strategy": config.strategy,
+            "replicas": strategy.num_replicas_in_sync,
+            "resumed_from_epoch": first_epoch or None,
+            "init_from": config.init_from,
+        },
+    }
+    plots = runner.plots_dir(workdir)
+    title = f"VanillaRNN on {meta['name']}"
+    diverged = runner.divergence(callbacks)
+    if diverged is not None:
+        return _diverged(workdir, results, diverged, history, train_time, title)
 
     runner.restore_best_weights(model, workdir)  # report the best epoch
     # One predict call for both splits (one trace instead of two).
     parts = ("validation", "test")
     stacked = np.concatenate([splits[name]["x"] for name in parts])
     outputs = model.predict(stacked, batch_size=1024, verbose=0)
-    results = {
-        "experiment": Config.experiment,
-        "data": {**meta, "scaler": {"mean": scaler.mean, "std": scaler.std}},
-        "units": f"original units of {meta['column']!r}",
-    }
     offset = 0
     for name in parts:
         split = splits[name]
@@ -366,17 +445,14 @@ def train_and_evaluate(config, workdir):
     }
     results.update(
         best_epoch=runner.best_epoch(history),
-        epochs=len(history.history.get("loss", [])),
-        history={k: list(v) for k, v in history.history.items()},
+        epochs=len(history.get("loss", [])),
+        history=history,
         train_time_s=train_time,
     )
 
-    plots = runner.plots_dir(workdir)
     runner.plot_loss_curves(
-        history,
-        plots / "loss_curves.png",
-        ylabel="MSE (standardised units)",
-        title=f"VanillaRNN on {meta['name']}",
+        history, plots / "loss_curves.png", ylabel="MSE (standardised units)",
+        title=title,
     )
     plot_forecast(
         plots / "forecast_vs_truth.png",
@@ -389,6 +465,29 @@ def train_and_evaluate(config, workdir):
     runner.plot_gradient_norms(workdir)
     runner.save_results(workdir, results)
     _print_summary(results, meta)
+    return results
+
+
+def _diverged(workdir, results, diverged, history, train_time, title):
+    """results.json of a run that diverged: where, and what is kept."""
+    checkpoint = runner.checkpoint_path(workdir)
+    backup = runner.read_backup(workdir)
+    results.update(
+        status=runner.STATUS_DIVERGED,
+        diverged_at=diverged,
+        best_epoch=runner.best_epoch(history),
+        epochs=len(history.get("loss", [])),
+        history=history,
+        train_time_s=train_time,
+        checkpoint=checkpoint.name if checkpoint.exists() else None,
+        backup_epoch=backup["epoch"] if backup else None,
+    )
+    runner.plot_loss_curves(
+        history, runner.plots_dir(workdir) / "loss_curves.png",
+        ylabel="MSE (standardised units)", title=f"{title} (diverged)",
+    )
+    runner.plot_gradient_norms(workdir)
+    runner.save_results(workdir, results)
     return results
 
 

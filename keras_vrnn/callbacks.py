@@ -96,6 +96,12 @@ def _check_layers(layers):
     return list(layers)
 
 
+def _optimizer_step(model):
+    """`model.optimizer.iterations` as an int (also for a distributed
+    variable, which `int()` does not take)."""
+    return int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+
+
 class GradientNormCallback(keras.callbacks.Callback):
     """Logs per-timestep BPTT gradient norms to TensorBoard during `fit`.
 
@@ -150,6 +156,28 @@ class GradientNormCallback(keras.callbacks.Callback):
     (NaN or inf), flagged with `nonfinite = 1` and reported with a warning on
     the `"keras_vrnn"` Python logger.
 
+    Distribution: under a `tf.distribute` strategy (`MirroredStrategy`,
+    `MultiWorkerMirroredStrategy`) the callback runs, like every Keras
+    callback, outside replica context: each measurement is one forward and
+    one backward pass on the whole fixed batch with the model's current
+    weights (replicated and identical on every replica), so it gives the same
+    numbers as without a strategy (Keras' per-replica loss scaling is undone,
+    see `timestep_gradient_norms`). With several workers every worker
+    measures; give each its own `log_dir`.
+
+    Resuming: with `resume=True`, a run restarted after an interruption (e.g.
+    with `keras.callbacks.BackupAndRestore`, which restores the weights and
+    the optimizer's step counter) continues the logs in `log_dir` instead of
+    starting them afresh: at the start of `fit` the callback reads the NPZ
+    file, keeps the logs at steps up to the restored step
+    `model.optimizer.iterations` (later ones were measured after the last
+    backup and are measured again), rewrites the NPZ and CSV files to match,
+    and counts on from that step (no extra measurement at the start). So an
+    interrupted and resumed run ends with the same files as an uninterrupted
+    one. TensorBoard event files are appended (TensorBoard's default
+    `--purge_orphaned_data` drops the interrupted run's later steps).
+    Without an NPZ file in `log_dir`, `resume=True` starts normally.
+
     Note: TensorBoard polls only the newest event file of a run by default;
     to see this callback's and Keras' `TensorBoard` logs update live in the
     same run, start it with `tensorboard --logdir ... --reload_multifile=true`
@@ -168,6 +196,9 @@ class GradientNormCallback(keras.callbacks.Callback):
             vanilla RNN layers of the model.
         direct: If `True`, log the direct part of the gradient only (see
             `timestep_gradient_norms`). Default `False`.
+        resume: If `True`, continue the logs an interrupted run left in
+            `log_dir` (see "Resuming" above). Default `False`: the files are
+            started afresh.
 
     Example:
 
@@ -183,7 +214,15 @@ class GradientNormCallback(keras.callbacks.Callback):
     ```
     """
 
-    def __init__(self, log_dir, data, every_n_batches=50, layers=None, direct=False):
+    def __init__(
+        self,
+        log_dir,
+        data,
+        every_n_batches=50,
+        layers=None,
+        direct=False,
+        resume=False,
+    ):
         super().__init__()
         diagnostics._require_tensorflow("GradientNormCallback")
         self.log_dir = _check_log_dir(log_dir)
@@ -202,6 +241,10 @@ class GradientNormCallback(keras.callbacks.Callback):
         if not isinstance(direct, bool):
             raise ValueError(f"`direct` must be a bool. Received: direct={direct!r}.")
         self.direct = direct
+        if not isinstance(resume, bool):
+            raise ValueError(f"`resume` must be a bool. Received: resume={resume!r}.")
+        self.resume = resume
+        self._resume_pending = resume
         self._train_dir = os.path.join(self.log_dir, "train")
         self._npz_path = os.path.join(self.log_dir, NPZ_NAME)
         self._csv_path = os.path.join(self.log_dir, CSV_NAME)
@@ -239,6 +282,9 @@ class GradientNormCallback(keras.callbacks.Callback):
 
     # -- Keras hooks -----------------------------------------------------------
     def on_train_begin(self, logs=None):
+        if self._resume_pending:
+            self._resume_pending = False
+            self._resume_logs(_optimizer_step(self.model))
         self._epoch_start = self._global_batch
         if self._last_logged != self._global_batch:
             self._log(self._global_batch)
@@ -257,6 +303,31 @@ class GradientNormCallback(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         self._close_writer()
+
+    # -- resuming ---------------------------------------------------------------
+    def _resume_logs(self, step):
+        """Continues the logs in `log_dir` at `step` (see "Resuming")."""
+        self._global_batch = self._epoch_start = step
+        if not os.path.exists(self._npz_path):
+            return
+        with np.load(self._npz_path) as saved:
+            arrays = {name: saved[name] for name in saved.files}
+        if bool(arrays["direct"]) != self.direct:
+            raise ValueError(
+                f"GradientNormCallback cannot resume the logs in "
+                f"{self._npz_path!r}: they were measured with direct="
+                f"{bool(arrays['direct'])}. Received: direct={self.direct}."
+            )
+        keep = arrays["steps"] <= step
+        self._start([str(key) for key in arrays["keys"]])
+        for key in self._keys:
+            for field in self._history[key]:
+                self._history[key][field] = list(arrays[f"{key}/{field}"][keep])
+        self._steps = [int(s) for s in arrays["steps"][keep]]
+        self._last_logged = step  # measured before the interruption, or not due
+        os.makedirs(self.log_dir, exist_ok=True)
+        self._write_npz()
+        self._rewrite_csv()
 
     # -- one measurement -------------------------------------------------------
     def _select_keys(self, available):
@@ -298,6 +369,14 @@ class GradientNormCallback(keras.callbacks.Callback):
         )
         if self._keys is None:
             self._start(self._select_keys(list(norms)))
+        missing = [key for key in self._keys if key not in norms]
+        if missing:
+            raise ValueError(
+                f"GradientNormCallback: the resumed logs in {self._npz_path!r} "
+                f"are for layers {self._keys}, but model '{self.model.name}' "
+                f"has {list(norms)}. Received: resume=True with another "
+                f"model; use a new log_dir."
+            )
         layers = dict(diagnostics.rnn_layers(self.model))
         current = {}
         bad = []
@@ -468,12 +547,33 @@ class GradientNormCallback(keras.callbacks.Callback):
                 os.unlink(tmp)
             raise
 
+    def _csv_rows(self, step, mean_norms_by_key):
+        return [
+            (int(step), key, t, repr(float(value)))
+            for key in self._keys
+            for t, value in enumerate(mean_norms_by_key[key])
+        ]
+
+    def _rewrite_csv(self):
+        """Writes the CSV file afresh from the history kept in memory."""
+        rows = []
+        for i, step in enumerate(self._steps):
+            rows += self._csv_rows(
+                step, {k: self._history[k]["mean_norms"][i] for k in self._keys}
+            )
+        tmp = self._csv_path + ".tmp"
+        with open(tmp, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(("step", "layer", "timestep", "mean_norm"))
+            writer.writerows(rows)
+        os.replace(tmp, self._csv_path)
+        self._csv_started = True
+
     def _append_csv(self, step, current):
         mode = "a" if self._csv_started else "w"
-        rows = []
-        for key in self._keys:
-            for t, value in enumerate(current[key]["mean_norms"]):
-                rows.append((int(step), key, t, repr(float(value))))
+        rows = self._csv_rows(
+            step, {key: current[key]["mean_norms"] for key in self._keys}
+        )
         with open(self._csv_path, mode, newline="") as f:
             writer = csv.writer(f)
             if not self._csv_started:

@@ -300,6 +300,26 @@ def _stateful_variables(entries):
     return variables
 
 
+def _unscale_for_distribution(loss):
+    """Undoes Keras' per-replica loss scaling outside replica context.
+
+    With the TensorFlow backend, Keras multiplies every loss by
+    `1 / num_replicas_in_sync` of the current `tf.distribute` strategy (so
+    that summing the replicas' gradients gives the gradient of the global
+    mean). A measurement here runs once, on the whole batch, in cross-replica
+    context: inside `strategy.scope()` (e.g. `fit` called in the scope) that
+    scaling would divide every norm by the number of replicas. Multiplying
+    back, as Keras' own train step does for its loss tracker, makes the
+    result independent of the strategy.
+    """
+    import tensorflow as tf
+
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    if replicas > 1:
+        loss = loss * tf.cast(replicas, loss.dtype)
+    return loss
+
+
 def _make_norms_function(model, entries, direct):
     import tensorflow as tf
 
@@ -325,6 +345,7 @@ def _make_norms_function(model, entries, direct):
                 with _probing(group, tape, records, direct):
                     y_pred = model(x, training=False)
                 loss = _compute_loss(model, x, y, y_pred, sample_weight)
+                loss = _unscale_for_distribution(loss)
             probes = []
             for key, _ in group:
                 for i, probe in enumerate(records.get(key, [])):
@@ -382,6 +403,14 @@ def timestep_gradient_norms(model, x, y, sample_weight=None, direct=False):
     0. A layer called more than once gets one entry per call (`"<name>"`,
     `"<name>/call_1"`, ...). The model is left unchanged (metric and
     stateful-RNN variables are restored).
+
+    Distribution: a model built under a `tf.distribute` strategy (e.g.
+    `MirroredStrategy`, `MultiWorkerMirroredStrategy`) works; call this
+    function outside replica context (not inside `strategy.run`), as Keras
+    callbacks are. It then runs once on the whole batch with the current
+    (replicated, identical) weights, and gives the same norms as without a
+    strategy, whether or not `strategy.scope()` is entered (Keras' per-replica
+    loss scaling is undone).
 
     Args:
         model: A compiled `keras.Model` containing at least one vanilla RNN
