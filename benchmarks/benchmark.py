@@ -13,7 +13,13 @@ Also printed per size:
   the step take when run alone (T sequential (B,H)x(H,H) products forward,
   T more backward, plus the one-shot GEMMs), measured in this same run;
 - the cost of one `keras_vrnn.timestep_gradient_norms` measurement relative
-  to one VanillaRNN train step (target <= 1.25).
+  to one VanillaRNN train step (target <= 1.25);
+- the speedup ceiling: SimpleRNN's time over that of the same model with
+  the recurrence taken out (`Dense(H, "tanh")` in place of the RNN: the
+  input projection, activation, head, loss and update, timed in the same
+  rounds). No implementation of the recurrence, however fast, can beat
+  SimpleRNN by more than this, since it still has all of that to do (and
+  the T sequential products on top).
 
 Usage: python benchmarks/benchmark.py [--rounds 7] [--json out.json]
 """
@@ -36,15 +42,16 @@ def build_pair(B, T, D, H, seed=0):
     import keras_vrnn
 
     models = {}
-    for name, layer_cls in (
-        ("VanillaRNN", keras_vrnn.VanillaRNN),
-        ("SimpleRNN", keras.layers.SimpleRNN),
+    for name, make_layer in (
+        ("VanillaRNN", lambda: keras_vrnn.VanillaRNN(H, return_sequences=True)),
+        ("SimpleRNN", lambda: keras.layers.SimpleRNN(H, return_sequences=True)),
+        ("NoRecurrence", lambda: keras.layers.Dense(H, activation="tanh")),
     ):
         keras.utils.set_random_seed(seed)
         model = keras.Sequential(
             [
                 keras.Input((T, D), batch_size=B),
-                layer_cls(H, return_sequences=True),
+                make_layer(),
                 keras.layers.Dense(1),
             ]
         )
@@ -160,6 +167,7 @@ def run(rounds, warmup, sizes, with_gradient_norms=True):
                 "vanilla_limit_fraction": limit[mode] / float(np.median(v)),
                 "simple_limit_fraction": limit[mode] / float(np.median(s)),
                 "limit_ms": 1e3 * limit[mode],
+                "ceiling": float(np.median(s / np.array(record[("NoRecurrence", mode)]))),
             }
         if with_gradient_norms:
             g = np.array(record[("VanillaRNN", "gradient_norms")])
@@ -175,8 +183,8 @@ def run(rounds, warmup, sizes, with_gradient_norms=True):
 def markdown(results):
     lines = [
         "| (B, T, D, H) | mode | VanillaRNN ms | SimpleRNN ms | speedup | "
-        "GFLOP/s (V / S) | matmul-limit fraction (V / S) |",
-        "|---|---|---|---|---|---|---|",
+        "GFLOP/s (V / S) | matmul-limit fraction (V / S) | speedup ceiling |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in results:
         for mode in ("train", "inference"):
@@ -186,7 +194,7 @@ def markdown(results):
                 f"{r['simple_ms']:.1f} | **{r['speedup']:.2f}x** | "
                 f"{r['vanilla_gflops']:.1f} / {r['simple_gflops']:.1f} | "
                 f"{100 * r['vanilla_limit_fraction']:.0f}% / "
-                f"{100 * r['simple_limit_fraction']:.0f}% |"
+                f"{100 * r['simple_limit_fraction']:.0f}% | {r['ceiling']:.2f}x |"
             )
     if "gradient_norms" in results[0]:
         lines += ["", "| (B, T, D, H) | one gradient-norm measurement, ms | cost vs one train step |", "|---|---|---|"]

@@ -78,30 +78,25 @@ def fused_inner_loop(layer, sequences, initial_state, training=False, probe=None
 
     kernel = ops.cast(cell.kernel, dtype)
     recurrent_kernel = ops.cast(cell.recurrent_kernel, dtype)
-    # Time-major (T, B, .) so the loop indexes its leading axis.
-    x = ops.transpose(x, (1, 0, 2))
     if probe is not None:
-        probe = ops.transpose(ops.cast(probe, dtype), (1, 0, 2))
+        probe = ops.cast(probe, dtype)
+    # Batch-major (B, T, .) throughout, like the layer's inputs and outputs,
+    # so that no transpose runs outside the compiled loops.
     if layer.go_backwards:
-        x = ops.flip(x, axis=0)
+        x = ops.flip(x, axis=1)
         if probe is not None:
-            probe = ops.flip(probe, axis=0)
-    timesteps, batch, features = ops.shape(x)
-    units = cell.units
-    projected = ops.matmul(ops.reshape(x, (-1, features)), kernel)
+            probe = ops.flip(probe, axis=1)
+    projected = ops.matmul(x, kernel)
     if cell.bias is not None:
         projected = projected + ops.cast(cell.bias, dtype)
-    projected = ops.reshape(projected, (timesteps, batch, units))
 
     act = activation_name(cell.activation)
     if keras.backend.backend() == "tensorflow":
         from keras_vrnn import fused_tf as impl
     else:
         from keras_vrnn import fused_jax as impl
-    hs = impl.recurrence(projected, h0, recurrent_kernel, act, rec_mask, probe)
-
-    last = hs[-1]
-    outputs = ops.transpose(hs, (1, 0, 2))
+    outputs = impl.recurrence(projected, h0, recurrent_kernel, act, rec_mask, probe)
+    last = outputs[:, -1]
     return last, outputs, [last]
 
 

@@ -82,5 +82,14 @@ _recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
 
 
 def recurrence(projected, h0, recurrent_kernel, act, rec_mask=None, probe=None):
-    """Same contract as `keras_vrnn.fused_tf.recurrence`."""
-    return _recurrence(act, projected, h0, recurrent_kernel, rec_mask, probe)
+    """Same contract as `keras_vrnn.fused_tf.recurrence` (batch-major).
+
+    `lax.scan` runs over the leading axis, so the loop is time-major inside;
+    under `jit` the two transposes are fused into the surrounding code.
+    """
+    if probe is not None:
+        probe = jnp.swapaxes(probe, 0, 1)
+    hs = _recurrence(
+        act, jnp.swapaxes(projected, 0, 1), h0, recurrent_kernel, rec_mask, probe
+    )
+    return jnp.swapaxes(hs, 0, 1)

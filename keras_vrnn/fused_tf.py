@@ -1,22 +1,40 @@
 """TensorFlow implementation of the fused recurrence (see `keras_vrnn.fused`).
 
-Per-step cost on CPU is dominated by executor overhead, so the loops here
-(a) process `CHUNK` time steps per `tf.while_loop` iteration, unrolled in
-Python, which divides the loop-control overhead by `CHUNK`, and (b) are
-compiled with XLA (`jit_compile=True`), which turns the loop into native code.
-Only the loops are compiled: XLA on the whole Keras train step is slower on
-CPU because TensorFlow's automatic while-loop gradient is; ours is written by
-hand.
+What costs time on a CPU, measured with `benchmarks/benchmark.py` and
+ablations of it on a 2-core machine, and what this module does about it:
+
+- Per-step framework overhead: the loops are XLA-compiled
+  (`jit_compile=True`), which turns them into native code. Only the loops
+  are compiled: XLA on the whole Keras train step is slower on CPU because
+  TensorFlow's automatic while-loop gradient is; ours is written by hand.
+  (Doing several steps per loop iteration measured no faster once compiled.)
+- Copies between layouts: the interface is batch-major `(B, T, H)`, like the
+  layer's inputs and outputs, so no transpose runs outside the compiled
+  code; inside it the loop reads and writes time-major slices.
+- One idle core: XLA runs the small per-step `(B, H) x (H, H)` product on
+  one core, so on a CPU the batch is cut in two halves that run as two
+  independent compiled loops, which TensorFlow's executor runs concurrently
+  (`BATCH_PARTS`). The halves give the same numbers as the whole batch:
+  every row of the batch is its own recurrence.
+- dW_hh: one GEMM over all steps after the backward loop, by TensorFlow's
+  matmul (XLA's single-threaded one was 1.5-4x slower at H = 256); the
+  compiled backward lays out its left operand, where the copy is fused.
 """
+
+import os
 
 import tensorflow as tf
 
 from keras_vrnn.fused import activation_derivative
 
-# Steps per loop iteration, and whether the loops are XLA-compiled. Chosen
-# with benchmarks/benchmark.py on a 2-core CPU (see README).
-CHUNK = 4
+# Whether the loops are XLA-compiled, and into how many concurrent parts the
+# batch is cut on a CPU with more than one core. Chosen with
+# benchmarks/benchmark.py on a 2-core CPU (see README).
 USE_XLA = True
+BATCH_PARTS = 2
+# A batch of known size below this is not cut: each part would be too small
+# a product for a second core to pay for the extra launch.
+MIN_SPLIT_BATCH = 32
 
 _ACTIVATIONS = {
     "tanh": tf.tanh,
@@ -26,124 +44,130 @@ _ACTIVATIONS = {
 }
 
 
-def _chunked(t, timesteps, n_chunks, chunk):
-    """(T, B, H) -> (n_chunks, chunk, B, H), zero-padded at the end."""
-    # Static lengths only: with an unknown length chunk == 1 and nothing pads.
-    pad = n_chunks * chunk - timesteps if isinstance(timesteps, int) else 0
-    if pad:
-        t = tf.pad(t, [[0, pad], [0, 0], [0, 0]])
-    shape = tf.shape(t)
-    return tf.reshape(t, tf.stack([n_chunks, chunk, shape[1], shape[2]]))
+def _swap_batch_time(t):
+    """(B, T, H) <-> (T, B, H)."""
+    return tf.transpose(t, [1, 0, 2])
 
 
-def _unchunked(stacked, timesteps):
-    shape = tf.shape(stacked)
-    flat = tf.reshape(stacked, tf.stack([shape[0] * shape[1], shape[2], shape[3]]))
-    return flat[:timesteps]
-
-
-def _layout(projected):
-    """Static number of steps per iteration and of iterations."""
-    timesteps = projected.shape[0]
-    if timesteps is None:  # unknown length: one step per iteration
-        return tf.shape(projected)[0], 1, tf.shape(projected)[0]
-    chunk = max(1, min(CHUNK, timesteps))
-    return timesteps, chunk, -(-timesteps // chunk)
+def _timesteps(steps):
+    """Number of steps of time-major `steps`, static when known."""
+    return steps.shape[0] if steps.shape[0] is not None else tf.shape(steps)[0]
 
 
 def _forward(projected, h0, recurrent_kernel, rec_mask, probe, act):
-    timesteps, chunk, n_chunks = _layout(projected)
+    """hs (B, T, H) from batch-major projected inputs (and probe)."""
     act_fn = _ACTIVATIONS[act]
-    xs = _chunked(projected, timesteps, n_chunks, chunk)
-    ps = None if probe is None else _chunked(probe, timesteps, n_chunks, chunk)
-    out = tf.TensorArray(projected.dtype, size=n_chunks)
+    xs = _swap_batch_time(projected)
+    ps = None if probe is None else _swap_batch_time(probe)
+    timesteps = _timesteps(xs)
+    out = tf.TensorArray(xs.dtype, size=timesteps, element_shape=h0.shape)
 
-    def body(i, h, out):
-        x_steps = tf.unstack(xs[i], num=chunk)
-        p_steps = None if ps is None else tf.unstack(ps[i], num=chunk)
-        hs = []
-        for j in range(chunk):
-            h_in = h if rec_mask is None else h * rec_mask
-            h = act_fn(x_steps[j] + tf.matmul(h_in, recurrent_kernel))
-            if p_steps is not None:
-                h = h + p_steps[j]
-            hs.append(h)
-        return i + 1, h, out.write(i, tf.stack(hs))
+    def body(t, h, out):
+        h_in = h if rec_mask is None else h * rec_mask
+        h = act_fn(xs[t] + tf.matmul(h_in, recurrent_kernel))
+        if ps is not None:
+            h = h + ps[t]
+        return t + 1, h, out.write(t, h)
 
     _, _, out = tf.while_loop(
-        lambda i, *_: i < n_chunks,
+        lambda t, *_: t < timesteps,
         body,
         (tf.constant(0), h0, out),
-        maximum_iterations=n_chunks,
+        maximum_iterations=timesteps,
     )
-    return _unchunked(out.stack(), timesteps)
+    return _swap_batch_time(out.stack())
 
 
 def _backward(upstream, hs, h0, recurrent_kernel, rec_mask, probe, act):
-    """dZ (= dL/d projected), dL/dh_t (probe only), dL/dh0 and dL/dW_hh."""
+    """The reverse loop, batch-major in and out.
+
+    Returns dZ (= dL/d projected), dL/dh_t (probe only, else None), dL/dh0,
+    and `h_prev_t`, the (H, B*T) left operand of dW_hh = h_prev_t @ dZ.
+    """
+    gs = _swap_batch_time(upstream)
     a = hs if probe is None else hs - probe
     derivative = activation_derivative(act, a)
-    timesteps, chunk, n_chunks = _layout(upstream)
-    gs = _chunked(upstream, timesteps, n_chunks, chunk)
-    # Padded steps get derivative 0, so the carry stays exactly 0 there.
-    ds = None if derivative is None else _chunked(derivative, timesteps, n_chunks, chunk)
+    ds = None if derivative is None else _swap_batch_time(derivative)
+    timesteps = _timesteps(gs)
     want_dh = probe is not None
-    dz_out = tf.TensorArray(upstream.dtype, size=n_chunks)
-    dh_out = tf.TensorArray(upstream.dtype, size=n_chunks)
+    dz_out = tf.TensorArray(gs.dtype, size=timesteps, element_shape=h0.shape)
+    dh_out = tf.TensorArray(gs.dtype, size=timesteps, element_shape=h0.shape)
 
     def body(i, carry, dz_out, dh_out):
-        c = n_chunks - 1 - i
-        g_steps = tf.unstack(gs[c], num=chunk)
-        d_steps = None if ds is None else tf.unstack(ds[c], num=chunk)
-        dzs, dhs = [None] * chunk, [None] * chunk
-        for j in reversed(range(chunk)):
-            dh = g_steps[j] + carry
-            dz = dh if d_steps is None else dh * d_steps[j]
-            dzs[j], dhs[j] = dz, dh
-            carry = tf.matmul(dz, recurrent_kernel, transpose_b=True)
-            if rec_mask is not None:
-                carry = carry * rec_mask
-        dz_out = dz_out.write(c, tf.stack(dzs))
+        t = timesteps - 1 - i
+        dh = gs[t] + carry
+        dz = dh if ds is None else dh * ds[t]
+        dz_out = dz_out.write(t, dz)
         if want_dh:
-            dh_out = dh_out.write(c, tf.stack(dhs))
+            dh_out = dh_out.write(t, dh)
+        carry = tf.matmul(dz, recurrent_kernel, transpose_b=True)
+        if rec_mask is not None:
+            carry = carry * rec_mask
         return i + 1, carry, dz_out, dh_out
 
-    carry0 = tf.zeros_like(upstream[0])
     _, dh0, dz_out, dh_out = tf.while_loop(
-        lambda i, *_: i < n_chunks,
+        lambda i, *_: i < timesteps,
         body,
-        (tf.constant(0), carry0, dz_out, dh_out),
-        maximum_iterations=n_chunks,
+        (tf.constant(0), tf.zeros_like(h0), dz_out, dh_out),
+        maximum_iterations=timesteps,
     )
-    dz = _unchunked(dz_out.stack(), timesteps)
-    dh = _unchunked(dh_out.stack(), timesteps) if want_dh else None
-    # dW_hh = sum_t (h_{t-1} * m)^T dz_t, as one GEMM over all steps.
-    h_prev = tf.concat([h0[None], hs[:-1]], axis=0)
+    dz = _swap_batch_time(dz_out.stack())
+    dh = _swap_batch_time(dh_out.stack()) if want_dh else None
+    # dW_hh = sum_t (h_{t-1} * m)^T dz_t: its left operand, all steps at once.
+    h_prev = tf.concat([h0[:, None], hs[:, :-1]], axis=1)
     if rec_mask is not None:
-        h_prev = h_prev * rec_mask
-    units = tf.shape(hs)[-1]
-    d_kernel = tf.matmul(
-        tf.reshape(h_prev, [-1, units]), tf.reshape(dz, [-1, units]), transpose_a=True
-    )
-    return dz, dh, dh0, d_kernel
+        h_prev = h_prev * rec_mask[:, None]
+    h_prev_t = tf.transpose(tf.reshape(h_prev, [-1, tf.shape(hs)[-1]]))
+    return dz, dh, dh0, h_prev_t
 
 
-# No `reduce_retracing`: it would relax the static time length the chunked
-# layout relies on; one trace per input shape is what we want.
+# No `reduce_retracing`: one trace per input shape is what XLA wants anyway.
 _forward_xla = tf.function(_forward, jit_compile=True)
 _backward_xla = tf.function(_backward, jit_compile=True)
 
 
-def recurrence(projected, h0, recurrent_kernel, act, rec_mask=None, probe=None):
-    """hs[t] = act(projected[t] + (hs[t-1] * rec_mask) @ U) (+ probe[t]).
+def _parts(batch):
+    """Into how many parts the batch is cut (1: not cut).
 
-    Time-major tensors: `projected` and `probe` (T, B, H), `h0` and
-    `rec_mask` (B, H). Returns hs (T, B, H), differentiable with respect to
-    projected, h0, U and probe by the hand-written BPTT below.
+    On a CPU with 2+ cores, 2 parts when the batch size is unknown at trace
+    time (as in `fit` on a dataset with a partial last batch) or at least
+    `MIN_SPLIT_BATCH`. Not on an accelerator, where one loop already fills
+    the device.
+    """
+    if BATCH_PARTS < 2 or (os.cpu_count() or 1) < 2:
+        return 1
+    if batch is not None and batch < MIN_SPLIT_BATCH:
+        return 1
+    if tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"):
+        return 1
+    return BATCH_PARTS
+
+
+def _split(t, parts):
+    """`parts` slices of the batch axis, sizes differing by at most one."""
+    if t is None:
+        return [None] * parts
+    if parts == 1:
+        return [t]
+    batch = tf.shape(t)[0]
+    sizes = [(batch + parts - 1 - i) // parts for i in range(parts)]
+    return tf.split(t, tf.stack(sizes), axis=0, num=parts)
+
+
+def recurrence(projected, h0, recurrent_kernel, act, rec_mask=None, probe=None):
+    """hs[:, t] = act(projected[:, t] + (hs[:, t-1] * rec_mask) @ U) (+ probe[:, t]).
+
+    Batch-major tensors: `projected` and `probe` (B, T, H), `h0` and
+    `rec_mask` (B, H). Returns hs (B, T, H), differentiable with respect to
+    projected, h0, U and probe by the hand-written BPTT above.
     """
     forward = _forward_xla if USE_XLA else _forward
     backward = _backward_xla if USE_XLA else _backward
+    parts = _parts(projected.shape[0])
     extra = [t for t in (rec_mask, probe) if t is not None]
+
+    def join(tensors):
+        return tensors[0] if parts == 1 else tf.concat(tensors, axis=0)
 
     @tf.custom_gradient
     def _recurrence(projected, h0, recurrent_kernel, *extra):
@@ -151,23 +175,31 @@ def recurrence(projected, h0, recurrent_kernel, act, rec_mask=None, probe=None):
         p = extra[-1] if probe is not None else None
         # The tape must not differentiate the loop itself (`grad` does), so
         # its inputs are cut from it here.
-        hs = forward(
-            *[
-                None if t is None else tf.stop_gradient(t)
-                for t in (projected, h0, recurrent_kernel, m, p)
-            ],
-            act,
-        )
+        projected, h0, recurrent_kernel, m, p = [
+            None if t is None else tf.stop_gradient(t)
+            for t in (projected, h0, recurrent_kernel, m, p)
+        ]
+        pieces = list(zip(*[_split(t, parts) for t in (projected, h0, m, p)]))
+        hs_parts = [forward(x, h, recurrent_kernel, mp, pp, act) for x, h, mp, pp in pieces]
 
         def grad(upstream):
-            dz, dh, dh0, d_kernel = backward(upstream, hs, h0, recurrent_kernel, m, p, act)
-            grads = [dz, dh0, d_kernel]
+            dzs, dhs, dh0s, d_kernels = [], [], [], []
+            for g, hs_part, (_, h, mp, pp) in zip(
+                _split(upstream, parts), hs_parts, pieces
+            ):
+                dz, dh, dh0, h_prev_t = backward(g, hs_part, h, recurrent_kernel, mp, pp, act)
+                units = tf.shape(dz)[-1]
+                d_kernels.append(tf.matmul(h_prev_t, tf.reshape(dz, [-1, units])))
+                dzs.append(dz)
+                dhs.append(dh)
+                dh0s.append(dh0)
+            grads = [join(dzs), join(dh0s), tf.add_n(d_kernels)]
             if m is not None:
                 grads.append(tf.zeros_like(m))  # masks are constants
             if p is not None:
-                grads.append(dh)
+                grads.append(join(dhs))
             return grads
 
-        return hs, grad
+        return join(hs_parts), grad
 
     return _recurrence(projected, h0, recurrent_kernel, *extra)

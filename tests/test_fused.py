@@ -519,3 +519,93 @@ def test_probe_in_compiled_function(ref):
 def test_activations_cover_the_fused_path():
     # Guard: the parametrizations above span what the fused path supports.
     assert set(ACTIVATIONS) == set(fused_lib.SUPPORTED_ACTIVATIONS)
+
+
+# Batch split: on a CPU with 2+ cores the fused loops run the batch as two
+# concurrent halves. Every row is its own recurrence, so the halves must give
+# what the whole batch gives, in every configuration the fused path covers.
+
+
+def test_batch_split_decision(monkeypatch):
+    from keras_vrnn import fused_tf
+
+    monkeypatch.setattr(fused_tf.os, "cpu_count", lambda: 2)
+    assert fused_tf._parts(fused_tf.MIN_SPLIT_BATCH) == 2
+    assert fused_tf._parts(fused_tf.MIN_SPLIT_BATCH - 1) == 1
+    assert fused_tf._parts(None) == 2  # unknown at trace time (`fit`)
+    monkeypatch.setattr(fused_tf.os, "cpu_count", lambda: 1)
+    assert fused_tf._parts(None) == 1
+    monkeypatch.setattr(fused_tf.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(fused_tf, "BATCH_PARTS", 1)
+    assert fused_tf._parts(None) == 1
+
+
+@pytest.mark.parametrize(
+    "activation, rates, go_backwards, probe",
+    [
+        ("tanh", (0.0, 0.0), False, False),
+        ("tanh", (0.3, 0.4), True, False),
+        ("relu", (0.0, 0.5), False, True),
+        ("tanh", (0.0, 0.0), True, True),
+    ],
+)
+def test_batch_split_matches_generic(
+    ref, monkeypatch, fused_calls, activation, rates, go_backwards, probe
+):
+    from keras_vrnn import fused_tf
+
+    # A batch of 3 is cut into 2 + 1 rows: uneven parts, both non-trivial.
+    monkeypatch.setattr(fused_tf, "MIN_SPLIT_BATCH", 2)
+    monkeypatch.setattr(fused_tf.os, "cpu_count", lambda: 2)
+    split = []
+    real_split = fused_tf._split
+    monkeypatch.setattr(
+        fused_tf, "_split", lambda t, parts: split.append(parts) or real_split(t, parts)
+    )
+    dropout, recurrent_dropout = rates
+    p = ref.make_problem(seed=13, initial_state=True)
+    kwargs = dict(
+        activation=activation, go_backwards=go_backwards, return_sequences=True,
+        dropout=dropout, recurrent_dropout=recurrent_dropout, seed=5,
+    )
+    fused, generic = _pair(p["x"].shape, **kwargs)
+    training = bool(dropout or recurrent_dropout)
+    if probe:
+        got = _probe_gradient(fused, p["x"], p["h0"], p["c"], (3, 5, 4), False, training)
+        want = _probe_gradient(
+            generic, p["x"], p["h0"], p["c"], (3, 5, 4), False, training
+        )
+        ref.assert_rel_close(got[0], want[0], FWD_TOL, "output")
+        ref.assert_rel_close(got[1], want[1], GRAD_TOL, "probe gradient")
+    else:
+        args = dict(initial_state=p["h0"], c=p["c"], training=training)
+        _compare(
+            ref, ref.run_tf(fused, p["x"], **args), ref.run_tf(generic, p["x"], **args)
+        )
+    assert fused_calls and 2 in split
+
+
+@pytest.mark.parametrize("batch", [1, 2, 5])
+def test_batch_split_with_unknown_batch_size(ref, monkeypatch, batch):
+    # As in `fit`, the batch size is unknown when the step is traced; the
+    # parts are cut at run time, a batch of 1 into 1 + 0 rows.
+    from keras_vrnn import fused_tf
+
+    monkeypatch.setattr(fused_tf.os, "cpu_count", lambda: 2)
+    p = ref.make_problem(seed=14, batch=batch)
+    fused, generic = _pair(p["x"].shape, return_sequences=True)
+
+    def value_and_grads(layer):
+        @tf.function(input_signature=[tf.TensorSpec((None, 5, 3))])
+        def run(x):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                loss = tf.reduce_sum(p["c"] * layer(x))
+            return loss, tape.gradient(loss, [x] + layer.trainable_weights)
+
+        return run(p["x"])
+
+    (lf, gf), (lg, gg) = value_and_grads(fused), value_and_grads(generic)
+    ref.assert_rel_close(lf, lg, FWD_TOL, "loss")
+    for name, a, b in zip(("dx", "dW", "dU", "db"), gf, gg):
+        ref.assert_rel_close(a, b, GRAD_TOL, name)
