@@ -50,23 +50,23 @@ def _swap_batch_time(t):
 
 
 def _timesteps(steps):
-    """Number of steps of time-major `steps`, static when known."""
-    return steps.shape[0] if steps.shape[0] is not None else tf.shape(steps)[0]
+    """Number of steps of batch-major `steps`, static when known."""
+    return steps.shape[1] if steps.shape[1] is not None else tf.shape(steps)[1]
 
 
 def _forward(projected, h0, recurrent_kernel, rec_mask, probe, act):
     """hs (B, T, H) from batch-major projected inputs (and probe)."""
     act_fn = _ACTIVATIONS[act]
-    xs = _swap_batch_time(projected)
-    ps = None if probe is None else _swap_batch_time(probe)
-    timesteps = _timesteps(xs)
-    out = tf.TensorArray(xs.dtype, size=timesteps, element_shape=h0.shape)
+    timesteps = _timesteps(projected)
+    # Steps are read as batch-major slices [:, t] (no transposed copy of the
+    # inputs) and written time-major, transposed once at the end.
+    out = tf.TensorArray(projected.dtype, size=timesteps, element_shape=h0.shape)
 
     def body(t, h, out):
         h_in = h if rec_mask is None else h * rec_mask
-        h = act_fn(xs[t] + tf.matmul(h_in, recurrent_kernel))
-        if ps is not None:
-            h = h + ps[t]
+        h = act_fn(projected[:, t] + tf.matmul(h_in, recurrent_kernel))
+        if probe is not None:
+            h = h + probe[:, t]
         return t + 1, h, out.write(t, h)
 
     _, _, out = tf.while_loop(
@@ -84,19 +84,17 @@ def _backward(upstream, hs, h0, recurrent_kernel, rec_mask, probe, act):
     Returns dZ (= dL/d projected), dL/dh_t (probe only, else None), dL/dh0,
     and `h_prev_t`, the (H, B*T) left operand of dW_hh = h_prev_t @ dZ.
     """
-    gs = _swap_batch_time(upstream)
-    a = hs if probe is None else hs - probe
-    derivative = activation_derivative(act, a)
-    ds = None if derivative is None else _swap_batch_time(derivative)
-    timesteps = _timesteps(gs)
+    timesteps = _timesteps(upstream)
     want_dh = probe is not None
-    dz_out = tf.TensorArray(gs.dtype, size=timesteps, element_shape=h0.shape)
-    dh_out = tf.TensorArray(gs.dtype, size=timesteps, element_shape=h0.shape)
+    dz_out = tf.TensorArray(upstream.dtype, size=timesteps, element_shape=h0.shape)
+    dh_out = tf.TensorArray(upstream.dtype, size=timesteps, element_shape=h0.shape)
 
     def body(i, carry, dz_out, dh_out):
         t = timesteps - 1 - i
-        dh = gs[t] + carry
-        dz = dh if ds is None else dh * ds[t]
+        dh = upstream[:, t] + carry
+        a = hs[:, t] if probe is None else hs[:, t] - probe[:, t]
+        derivative = activation_derivative(act, a)
+        dz = dh if derivative is None else dh * derivative
         dz_out = dz_out.write(t, dz)
         if want_dh:
             dh_out = dh_out.write(t, dh)
