@@ -1590,14 +1590,20 @@ def best_epoch(history, monitor="val_loss"):
 # ---------------------------------------------------------------------------
 
 
-def _jsonable(value):
-    """Converts NumPy scalars/arrays and paths; non-finite floats -> None."""
+def jsonable(value):
+    """`value` with NumPy scalars/arrays, tuples and paths made JSON types.
+
+    Non-finite floats become None (strict JSON has no inf/NaN; a record's
+    `status` says why a number is missing); any other unknown type becomes
+    its `str`, so that writing a results file never fails at the end of a
+    run. Shared by every experiment and the sweeps.
+    """
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
+        return jsonable(value.tolist())
     if isinstance(value, (bool, np.bool_)):
         return bool(value)
     if isinstance(value, (int, np.integer)):
@@ -1607,14 +1613,16 @@ def _jsonable(value):
         return value if math.isfinite(value) else None
     if isinstance(value, os.PathLike):
         return os.fspath(value)
-    return value
+    if value is None or isinstance(value, str):
+        return value
+    return str(value)
 
 
 def _write_json(path, obj):
     path = pathlib.Path(path)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(
-        json.dumps(_jsonable(obj), indent=2, ensure_ascii=False) + "\n",
+        json.dumps(jsonable(obj), indent=2, ensure_ascii=False) + "\n",
         encoding="utf-8",
     )
     os.replace(tmp, path)

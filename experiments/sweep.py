@@ -108,30 +108,6 @@ class Diverged(Exception):
 # ---------------------------------------------------------------------------
 
 
-def jsonable(value):
-    """Converts NumPy scalars/arrays, tuples and non-finite floats to JSON.
-
-    Non-finite floats become None (strict JSON has no inf/NaN); the record's
-    `status` says why a number is missing.
-    """
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return jsonable(value.tolist())
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        value = float(value)
-        return value if math.isfinite(value) else None
-    if value is None or isinstance(value, str):
-        return value
-    return str(value)
-
-
 def write_json_atomic(path, obj):
     """Writes `obj` as JSON to `path` atomically (temp file + os.replace)."""
     directory = os.path.dirname(os.path.abspath(path))
@@ -139,7 +115,7 @@ def write_json_atomic(path, obj):
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(jsonable(obj), f, indent=2, allow_nan=False)
+            json.dump(_runner.jsonable(obj), f, indent=2, allow_nan=False)
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())
@@ -248,7 +224,7 @@ def _hparam_value(value):
         return float(value)
     if isinstance(value, str):
         return value
-    return json.dumps(jsonable(value))
+    return json.dumps(_runner.jsonable(value))
 
 
 def numeric_metrics(metrics):
@@ -333,7 +309,7 @@ def prepare_sweep_dir(sweep_dir, experiment, settings):
         SweepError: The dir exists but is not a sweep of this experiment, or
             its settings differ.
     """
-    settings = jsonable(settings)
+    settings = _runner.jsonable(settings)
     manifest_path = os.path.join(sweep_dir, MANIFEST)
     if os.path.isdir(sweep_dir) and os.listdir(sweep_dir):
         manifest = _read_json(manifest_path)
@@ -450,7 +426,7 @@ def execute_config(fn, config_id, params, config_dir):
         with open(os.path.join(config_dir, "traceback.txt"), "w") as f:
             f.write(traceback.format_exc())
     record["wall_s"] = round(time.perf_counter() - start, 3)
-    record = jsonable(record)
+    record = _runner.jsonable(record)
     try:
         write_hparams_run(config_dir, config_id, params, record)
     except Exception as exc:  # noqa: BLE001 - logging must not lose a result
@@ -609,7 +585,7 @@ def run_sweep(
                 try:
                     record = future.result()
                 except Exception as exc:  # the worker process itself died
-                    record = jsonable(
+                    record = _runner.jsonable(
                         {
                             "config_id": cid,
                             "params": dict(params),

@@ -223,11 +223,30 @@ def _to_tensor(a):
 
 
 @contextlib.contextmanager
+def _patched(entries, name, make):
+    """Sets `layer.<name> = make(key, layer, layer.<name>)` on each layer of
+    `entries` ((key, layer) pairs) for the duration, then restores what the
+    instance had before (its own attribute, or none: the class's again)."""
+    patched = []
+    try:
+        for key, layer in entries:
+            previous = layer.__dict__.get(name)
+            object.__setattr__(layer, name, make(key, layer, getattr(layer, name)))
+            patched.append((layer, previous))
+        yield
+    finally:
+        for layer, previous in reversed(patched):
+            if previous is None:
+                object.__delattr__(layer, name)
+            else:
+                object.__setattr__(layer, name, previous)
+
+
+@contextlib.contextmanager
 def _probing(entries, tape, records, direct):
     """Patches each layer's `call` (for the duration) so that every call
     creates a zero probe shaped like its input sequence, watches it on `tape`
     and runs with it attached (`probe.attached_probe`)."""
-    patched = []
 
     def make_call(key, layer, original):
         def call(sequences, *args, **kwargs):
@@ -245,19 +264,8 @@ def _probing(entries, tape, records, direct):
 
         return call
 
-    try:
-        for key, layer in entries:
-            previous = layer.__dict__.get("call")
-            original = layer.call
-            object.__setattr__(layer, "call", make_call(key, layer, original))
-            patched.append((layer, previous))
+    with _patched(entries, "call", make_call):
         yield
-    finally:
-        for layer, previous in reversed(patched):
-            if previous is None:
-                object.__delattr__(layer, "call")
-            else:
-                object.__setattr__(layer, "call", previous)
 
 
 def _row_norms(g):
@@ -534,9 +542,8 @@ def recurrent_kernel_stats(layer):
 def _capturing(entries, captured):
     """Patches each layer's `inner_loop` to record its (sequences,
     initial_state, mask) as NumPy arrays."""
-    patched = []
 
-    def make_loop(key, original):
+    def make_loop(key, layer, original):
         def inner_loop(sequences, initial_state, mask, training=False):
             h0 = initial_state
             if isinstance(h0, (list, tuple)):
@@ -551,18 +558,8 @@ def _capturing(entries, captured):
 
         return inner_loop
 
-    try:
-        for key, layer in entries:
-            previous = layer.__dict__.get("inner_loop")
-            object.__setattr__(layer, "inner_loop", make_loop(key, layer.inner_loop))
-            patched.append((layer, previous))
+    with _patched(entries, "inner_loop", make_loop):
         yield
-    finally:
-        for layer, previous in reversed(patched):
-            if previous is None:
-                object.__delattr__(layer, "inner_loop")
-            else:
-                object.__setattr__(layer, "inner_loop", previous)
 
 
 _NUMPY_ACTIVATIONS = {

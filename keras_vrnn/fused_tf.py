@@ -125,12 +125,12 @@ _backward_xla = tf.function(_backward, jit_compile=True)
 
 
 def _parts(batch):
-    """Into how many parts the batch is cut (1: not cut).
+    """Into how many parts a batch of `batch` rows (None: unknown) is cut.
 
-    On a CPU with 2+ cores, 2 parts when the batch size is unknown at trace
-    time (as in `fit` on a dataset with a partial last batch) or at least
-    `MIN_SPLIT_BATCH`. Not on an accelerator, where one loop already fills
-    the device.
+    On a CPU with 2+ cores, `BATCH_PARTS` from `MIN_SPLIT_BATCH` rows on;
+    for a batch size unknown at trace time (as in `fit` on a dataset with a
+    partial last batch) that is decided at run time (`recurrence`). Never on
+    an accelerator, where one loop already fills the device.
     """
     if BATCH_PARTS < 2 or (os.cpu_count() or 1) < 2:
         return 1
@@ -152,6 +152,10 @@ def _split(t, parts):
     return tf.split(t, tf.stack(sizes), axis=0, num=parts)
 
 
+def _join(tensors):
+    return tensors[0] if len(tensors) == 1 else tf.concat(tensors, axis=0)
+
+
 def recurrence(projected, h0, recurrent_kernel, act, rec_mask=None, probe=None):
     """hs[:, t] = act(projected[:, t] + (hs[:, t-1] * rec_mask) @ U) (+ probe[:, t]).
 
@@ -161,11 +165,15 @@ def recurrence(projected, h0, recurrent_kernel, act, rec_mask=None, probe=None):
     """
     forward = _forward_xla if USE_XLA else _forward
     backward = _backward_xla if USE_XLA else _backward
-    parts = _parts(projected.shape[0])
+    batch = projected.shape[0]
+    parts = _parts(batch)
+    # With the batch size unknown at trace time, both ways are traced and
+    # the run-time size picks one.
+    decided_at_run_time = parts > 1 and batch is None
     extra = [t for t in (rec_mask, probe) if t is not None]
 
-    def join(tensors):
-        return tensors[0] if parts == 1 else tf.concat(tensors, axis=0)
+    def if_large(in_parts, whole):
+        return tf.cond(tf.shape(projected)[0] >= MIN_SPLIT_BATCH, in_parts, whole)
 
     @tf.custom_gradient
     def _recurrence(projected, h0, recurrent_kernel, *extra):
@@ -177,13 +185,17 @@ def recurrence(projected, h0, recurrent_kernel, act, rec_mask=None, probe=None):
             None if t is None else tf.stop_gradient(t)
             for t in (projected, h0, recurrent_kernel, m, p)
         ]
-        pieces = list(zip(*[_split(t, parts) for t in (projected, h0, m, p)]))
-        hs_parts = [forward(x, h, recurrent_kernel, mp, pp, act) for x, h, mp, pp in pieces]
 
-        def grad(upstream):
+        def forward_parts(n):
+            return [
+                forward(*piece[:2], recurrent_kernel, *piece[2:], act)
+                for piece in zip(*[_split(t, n) for t in (projected, h0, m, p)])
+            ]
+
+        def backward_parts(n, upstream, hs_parts):
             dzs, dhs, dh0s, d_kernels = [], [], [], []
-            for g, hs_part, (_, h, mp, pp) in zip(
-                _split(upstream, parts), hs_parts, pieces
+            for g, hs_part, h, mp, pp in zip(
+                _split(upstream, n), hs_parts, *[_split(t, n) for t in (h0, m, p)]
             ):
                 dz, dh, dh0, h_prev_t = backward(g, hs_part, h, recurrent_kernel, mp, pp, act)
                 units = tf.shape(dz)[-1]
@@ -191,13 +203,29 @@ def recurrence(projected, h0, recurrent_kernel, act, rec_mask=None, probe=None):
                 dzs.append(dz)
                 dhs.append(dh)
                 dh0s.append(dh0)
-            grads = [join(dzs), join(dh0s), tf.add_n(d_kernels)]
+            grads = [_join(dzs), _join(dh0s), tf.add_n(d_kernels)]
             if m is not None:
                 grads.append(tf.zeros_like(m))  # masks are constants
             if p is not None:
-                grads.append(join(dhs))
+                grads.append(_join(dhs))
             return grads
 
-        return join(hs_parts), grad
+        if decided_at_run_time:
+            hs = if_large(
+                lambda: _join(forward_parts(parts)), lambda: forward_parts(1)[0]
+            )
+        else:
+            hs_parts = forward_parts(parts)
+            hs = _join(hs_parts)
+
+        def grad(upstream):
+            if decided_at_run_time:
+                return if_large(
+                    lambda: backward_parts(parts, upstream, _split(hs, parts)),
+                    lambda: backward_parts(1, upstream, [hs]),
+                )
+            return backward_parts(parts, upstream, hs_parts)
+
+        return hs, grad
 
     return _recurrence(projected, h0, recurrent_kernel, *extra)

@@ -532,7 +532,7 @@ def test_batch_split_decision(monkeypatch):
     monkeypatch.setattr(fused_tf.os, "cpu_count", lambda: 2)
     assert fused_tf._parts(fused_tf.MIN_SPLIT_BATCH) == 2
     assert fused_tf._parts(fused_tf.MIN_SPLIT_BATCH - 1) == 1
-    assert fused_tf._parts(None) == 2  # unknown at trace time (`fit`)
+    assert fused_tf._parts(None) == 2  # unknown at trace time: decided at run time
     monkeypatch.setattr(fused_tf.os, "cpu_count", lambda: 1)
     assert fused_tf._parts(None) == 1
     monkeypatch.setattr(fused_tf.os, "cpu_count", lambda: 2)
@@ -587,11 +587,12 @@ def test_batch_split_matches_generic(
 
 @pytest.mark.parametrize("batch", [1, 2, 5])
 def test_batch_split_with_unknown_batch_size(ref, monkeypatch, batch):
-    # As in `fit`, the batch size is unknown when the step is traced; the
-    # parts are cut at run time, a batch of 1 into 1 + 0 rows.
+    # As in `fit`, the batch size is unknown when the step is traced; whether
+    # to cut is decided at run time: 1 row runs whole, 2 and 5 are cut.
     from keras_vrnn import fused_tf
 
     monkeypatch.setattr(fused_tf.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(fused_tf, "MIN_SPLIT_BATCH", 2)
     p = ref.make_problem(seed=14, batch=batch)
     fused, generic = _pair(p["x"].shape, return_sequences=True)
 
