@@ -7,7 +7,7 @@ framework overhead dominates, not FLOPs. The fused path
 1. projects the inputs of all time steps at once, `X @ W_xh + b`, as one GEMM
    outside the loop (autodiff gives dW_xh, db and dX as single GEMMs too);
 2. runs a forward loop carrying only `h_{t-1} @ W_hh` (matmul, add,
-   activation per step), several steps per loop iteration;
+   activation per step), compiled (XLA on TensorFlow, `lax.scan` on JAX);
 3. differentiates the loop with a custom gradient: a reverse loop carrying
    only `dz_t = (g_t + carry) * act'(z_t)`, `carry = dz_t @ W_hh^T`, and then
    `dW_hh = H_prev^T @ dZ` as one GEMM after the loop.
@@ -15,8 +15,10 @@ framework overhead dominates, not FLOPs. The fused path
 Memory: the backward keeps the T hidden states and the projected inputs,
 O(batch * T * units), nothing per step beyond that.
 
-Backends: TensorFlow (`tf.while_loop` over chunks of steps, XLA-compiled on
-CPU, with `tf.custom_gradient`) and JAX (`lax.scan` with `jax.custom_vjp`).
+Backends: TensorFlow (an XLA-compiled `tf.while_loop` with
+`tf.custom_gradient`; on a multi-core CPU a large batch runs as two
+concurrent halves, see `keras_vrnn.fused_tf`) and JAX (`lax.scan` with
+`jax.custom_vjp`).
 Other backends, masks, `unroll=True` and activations other than tanh, relu,
 sigmoid and linear use the generic loop.
 
@@ -86,7 +88,11 @@ def fused_inner_loop(layer, sequences, initial_state, training=False, probe=None
         x = ops.flip(x, axis=1)
         if probe is not None:
             probe = ops.flip(probe, axis=1)
-    projected = ops.matmul(x, kernel)
+    # One 2-D GEMM (a 3-D x 2-D matmul would be a broadcast batched matmul,
+    # with a batched product and a reduction over the batch for dW_xh).
+    _, timesteps, features = ops.shape(x)
+    projected = ops.matmul(ops.reshape(x, (-1, features)), kernel)
+    projected = ops.reshape(projected, (-1, timesteps, cell.units))
     if cell.bias is not None:
         projected = projected + ops.cast(cell.bias, dtype)
 
