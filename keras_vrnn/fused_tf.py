@@ -10,7 +10,8 @@ ablations of it on a 2-core machine, and what this module does about it:
   (Doing several steps per loop iteration measured no faster once compiled.)
 - Copies between layouts: the interface is batch-major `(B, T, H)`, like the
   layer's inputs and outputs, so no transpose runs outside the compiled
-  code; inside it the loop reads and writes time-major slices.
+  code; inside it the loop reads batch-major slices `[:, t]` and writes
+  time-major ones, transposed once at the end (the compiled copy is fast).
 - One idle core: XLA runs the small per-step `(B, H) x (H, H)` product on
   one core, so on a CPU the batch is cut in two halves that run as two
   independent compiled loops, which TensorFlow's executor runs concurrently
@@ -33,8 +34,9 @@ from keras_vrnn.fused import activation_derivative
 # benchmarks/benchmark.py on a 2-core CPU (see README).
 USE_XLA = True
 BATCH_PARTS = 2
-# A batch of known size below this is not cut: each part would be too small
-# a product for a second core to pay for the extra launch.
+# A batch below this is not cut (decided at run time when its size is unknown
+# at trace time): each part would be too small a product for a second core
+# to pay for the extra launch.
 MIN_SPLIT_BATCH = 32
 
 _ACTIVATIONS = {
