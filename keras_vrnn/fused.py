@@ -90,9 +90,11 @@ def fused_inner_loop(layer, sequences, initial_state, training=False, probe=None
             probe = ops.flip(probe, axis=1)
     # One 2-D GEMM (a 3-D x 2-D matmul would be a broadcast batched matmul,
     # with a batched product and a reduction over the batch for dW_xh).
-    _, timesteps, features = ops.shape(x)
+    # (The batch is reshaped to what it was, not -1, so that a static batch
+    # size stays static when the length is not.)
+    batch, timesteps, features = ops.shape(x)
     projected = ops.matmul(ops.reshape(x, (-1, features)), kernel)
-    projected = ops.reshape(projected, (-1, timesteps, cell.units))
+    projected = ops.reshape(projected, (batch, timesteps, cell.units))
     if cell.bias is not None:
         projected = projected + ops.cast(cell.bias, dtype)
 

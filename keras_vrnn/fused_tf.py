@@ -168,7 +168,12 @@ def recurrence(projected, h0, recurrent_kernel, act, rec_mask=None, probe=None):
     """
     forward = _forward_xla if USE_XLA else _forward
     backward = _backward_xla if USE_XLA else _backward
-    batch = projected.shape[0]
+    # The loops carry (B, H) tensors, which must keep one static shape: a
+    # batch size known on one input holds for all.
+    batch = projected.shape[0] if projected.shape[0] is not None else h0.shape[0]
+    if batch is not None:
+        projected = tf.ensure_shape(projected, [batch, None, None])
+        h0 = tf.ensure_shape(h0, [batch, None])
     parts = _parts(batch)
     # With the batch size unknown at trace time, both ways are traced and
     # the run-time size picks one.

@@ -610,3 +610,30 @@ def test_batch_split_with_unknown_batch_size(ref, monkeypatch, batch):
     ref.assert_rel_close(lf, lg, FWD_TOL, "loss")
     for name, a, b in zip(("dx", "dW", "dU", "db"), gf, gg):
         ref.assert_rel_close(a, b, GRAD_TOL, name)
+
+
+@pytest.mark.parametrize("known", ["state", "sequences"])
+def test_batch_size_known_on_one_input_only(ref, known):
+    # E.g. sampling text: sequences (1, None, D) with a (1, H) state, or
+    # sequences of unknown batch with a state of known batch. The fused
+    # loops need one static (B, H) shape for their carried state. (Keras'
+    # generic loop fails on the second case, so the reference is the generic
+    # layer called with static shapes.)
+    p = ref.make_problem(seed=15, batch=1, initial_state=True)
+    fused, generic = _pair(p["x"].shape, return_sequences=True)
+    x_spec = (1, None, 3) if known == "sequences" else (None, 5, 3)
+    h_spec = (1, 4) if known == "state" else (None, 4)
+
+    @tf.function(input_signature=[tf.TensorSpec(x_spec), tf.TensorSpec(h_spec)])
+    def f(x, h0):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = fused(x, initial_state=h0)
+            loss = tf.reduce_sum(p["c"] * y)
+        return y, tape.gradient(loss, [x] + fused.trainable_weights)
+
+    y, grads = f(p["x"], p["h0"])
+    want = ref.run_tf(generic, p["x"], initial_state=p["h0"], c=p["c"])
+    ref.assert_rel_close(y, want["y"], FWD_TOL, "output")
+    for name, got in zip(("dx", "dW", "dU", "db"), grads):
+        ref.assert_rel_close(got, want[name], GRAD_TOL, name)
