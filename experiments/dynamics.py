@@ -892,14 +892,8 @@ def train_and_evaluate(config, workdir):
         "summary": summary,
         "plots": pngs,
     }
-    runner.save_results(workdir, results)
     md = markdown(rows, summary, config, counts, wall_s)
-    with open(os.path.join(workdir, "results.md"), "w") as f:
-        f.write(md)
-    if config.verbose:
-        print()
-        print(md.split("\n## All configurations")[0])
-    return results
+    return sweep.save_report(workdir, results, md, config.verbose)
 
 
 def main(argv=None):

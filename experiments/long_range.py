@@ -659,14 +659,8 @@ def train_and_evaluate(config, workdir):
         "rows": rows,
         "plots": pngs,
     }
-    runner.save_results(workdir, results)
     md = markdown(rows, config, counts, wall_s)
-    with open(os.path.join(workdir, "results.md"), "w") as f:
-        f.write(md)
-    if config.verbose:
-        print()
-        print(md.split("\n## All configurations")[0])
-    return results
+    return sweep.save_report(workdir, results, md, config.verbose)
 
 
 def main(argv=None):

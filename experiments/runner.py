@@ -1551,6 +1551,63 @@ def standard_callbacks(workdir, grad_batch, every_n_batches=50, *,
     return callbacks
 
 
+def fit_resumable(model, workdir, config, train, validation, *, steps_per_epoch,
+                  validation_batch_size, grad_rows, whole_passes=False):
+    """`model.fit` as every single-run experiment runs it.
+
+    With `standard_callbacks(resumable=True, stop_on_divergence=True)`, the
+    seeded batch order of `shuffled_batch_indices` (continued at the right
+    batch when the run resumes) and gradient norms measured on the training
+    rows `grad_rows`.
+
+    Args:
+        model: A compiled model.
+        workdir: The run directory.
+        config: The run's config (`epochs`, `batch_size`, `seed`,
+            `grad_every_n_batches`, `verbose`).
+        train, validation: `(x, y)` arrays.
+        steps_per_epoch: Training batches per epoch.
+        validation_batch_size: From `eval_batch_size`.
+        grad_rows: Indices of the fixed gradient-norm batch in `train`.
+        whole_passes: Passed to `shuffled_batch_indices`.
+
+    Returns:
+        `(callbacks, first_epoch, train_time_s)`; `first_epoch > 0` when the
+        run resumed; see `divergence(callbacks)`.
+    """
+    x_train, y_train = train
+    callbacks = standard_callbacks(
+        workdir,
+        grad_batch=(x_train[grad_rows], y_train[grad_rows]),
+        every_n_batches=config.grad_every_n_batches,
+        resumable=True,
+        stop_on_divergence=True,
+    )
+    first_epoch = initial_epoch(workdir)  # > 0 when resuming
+    start = time.perf_counter()
+    if first_epoch < config.epochs:
+        batches = shuffled_batch_indices(
+            len(x_train),
+            config.batch_size,
+            config.seed,
+            first_batch=first_epoch * steps_per_epoch,
+            num_batches=(config.epochs - first_epoch) * steps_per_epoch,
+            whole_passes=whole_passes,
+        )
+        model.fit(
+            batch_dataset((x_train, y_train), batches),
+            epochs=config.epochs,
+            initial_epoch=first_epoch,
+            shuffle=False,  # the batches are shuffled already (seeded)
+            steps_per_epoch=steps_per_epoch,
+            validation_data=validation,
+            validation_batch_size=validation_batch_size,
+            callbacks=callbacks,
+            verbose=config.verbose,
+        )
+    return callbacks, first_epoch, time.perf_counter() - start
+
+
 def divergence(callbacks):
     """The `DivergenceMonitor.diverged` dict of a callback list, or None."""
     for callback in callbacks:

@@ -108,6 +108,19 @@ class Diverged(Exception):
 # ---------------------------------------------------------------------------
 
 
+def save_report(workdir, results, md, verbose):
+    """Writes a sweep's `results.json` and `results.md` (`md`); when
+    `verbose`, prints the summary tables (all but the per-configuration one,
+    which starts at the heading "## All configurations")."""
+    _runner.save_results(workdir, results)
+    with open(os.path.join(workdir, "results.md"), "w") as f:
+        f.write(md)
+    if verbose:
+        print()
+        print(md.split("\n## All configurations")[0])
+    return results
+
+
 def write_json_atomic(path, obj):
     """Writes `obj` as JSON to `path` atomically (temp file + os.replace)."""
     directory = os.path.dirname(os.path.abspath(path))

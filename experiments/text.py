@@ -380,35 +380,16 @@ def train_and_evaluate(config, workdir):
     eval_rows = np.sort(
         rng.choice(len(x_train), min(len(x_val), len(x_train)), replace=False)
     )
-    callbacks = runner.standard_callbacks(
+    callbacks, first_epoch, train_time = runner.fit_resumable(
+        model,
         workdir,
-        grad_batch=(x_train[grad_rows], y_train[grad_rows]),
-        every_n_batches=config.grad_every_n_batches,
-        resumable=True,
-        stop_on_divergence=True,
+        config,
+        (x_train, y_train),
+        (x_val, y_val),
+        steps_per_epoch=config.steps_per_epoch,
+        validation_batch_size=runner.eval_batch_size(len(x_val), strategy),
+        grad_rows=grad_rows,
     )
-    first_epoch = runner.initial_epoch(workdir)  # > 0 when resuming
-    start = time.perf_counter()
-    if first_epoch < config.epochs:
-        batches = runner.shuffled_batch_indices(
-            len(x_train),
-            config.batch_size,
-            config.seed,
-            first_batch=first_epoch * config.steps_per_epoch,
-            num_batches=(config.epochs - first_epoch) * config.steps_per_epoch,
-        )
-        model.fit(
-            runner.batch_dataset((x_train, y_train), batches),
-            epochs=config.epochs,
-            initial_epoch=first_epoch,
-            shuffle=False,  # the batches are shuffled already (seeded)
-            steps_per_epoch=config.steps_per_epoch,
-            validation_data=(x_val, y_val),
-            validation_batch_size=runner.eval_batch_size(len(x_val), strategy),
-            callbacks=callbacks,
-            verbose=config.verbose,
-        )
-    train_time = time.perf_counter() - start
     history = runner.load_history(workdir)
     results = {
         "experiment": Config.experiment,

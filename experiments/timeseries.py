@@ -42,7 +42,6 @@ plots/gradient_heatmap.png and plots/gradient_norms_vs_steps_back.png.
 """
 
 import dataclasses
-import time
 from typing import ClassVar, Optional
 
 import numpy as np
@@ -366,36 +365,17 @@ def train_and_evaluate(config, workdir):
 
     rng = np.random.default_rng(config.seed)
     grad_rows = rng.choice(len(x_train), min(config.batch_size, len(x_train)), False)
-    callbacks = runner.standard_callbacks(
+    callbacks, first_epoch, train_time = runner.fit_resumable(
+        model,
         workdir,
-        grad_batch=(x_train[grad_rows], y_train[grad_rows]),
-        every_n_batches=config.grad_every_n_batches,
-        resumable=True,
-        stop_on_divergence=True,
+        config,
+        (x_train, y_train),
+        (x_val, y_val),
+        steps_per_epoch=steps_per_epoch,
+        validation_batch_size=val_batch,
+        grad_rows=grad_rows,
+        whole_passes=True,
     )
-    first_epoch = runner.initial_epoch(workdir)  # > 0 when resuming
-    start = time.perf_counter()
-    if first_epoch < config.epochs:
-        batches = runner.shuffled_batch_indices(
-            len(x_train),
-            config.batch_size,
-            config.seed,
-            first_batch=first_epoch * steps_per_epoch,
-            num_batches=(config.epochs - first_epoch) * steps_per_epoch,
-            whole_passes=True,
-        )
-        model.fit(
-            runner.batch_dataset((x_train, y_train), batches),
-            epochs=config.epochs,
-            initial_epoch=first_epoch,
-            shuffle=False,  # the batches are shuffled already (seeded)
-            steps_per_epoch=steps_per_epoch,
-            validation_data=(x_val, y_val),
-            validation_batch_size=val_batch,
-            callbacks=callbacks,
-            verbose=config.verbose,
-        )
-    train_time = time.perf_counter() - start
     history = runner.load_history(workdir)
     results = {
         "experiment": Config.experiment,
