@@ -11,7 +11,8 @@ with `g_t` the direct gradient of the loss `L = sum(c * y)` with respect to
 layers see, so a float32 layer should agree to ~1e-6 relative.
 
 Helpers are plain functions here; test modules get them through the `ref`
-fixture (tests/ is not a package, so they are not imported by name).
+fixture. Parametrisations, which are needed at import time, are in
+rnn_configs.py.
 """
 
 import os
@@ -25,7 +26,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-ACTIVATIONS = ("tanh", "relu", "sigmoid", "linear")
+from rnn_configs import ACTIVATIONS  # noqa: E402
 
 
 def _sigmoid(z):

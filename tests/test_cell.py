@@ -11,51 +11,19 @@ import itertools
 import keras
 import numpy as np
 import pytest
-from keras import initializers
 from keras.src import testing
 
 from keras_vrnn import VanillaRNNCell
+from rnn_configs import ACTIVATIONS
+from rnn_configs import constant_initializers
+from rnn_configs import covering_configs
 
 pytestmark = pytest.mark.skipif(
     keras.backend.backend() != "tensorflow",
     reason="TensorFlow-side tests (JAX is covered by test_jax_backend.py)",
 )
 
-ACTIVATIONS = ("tanh", "relu", "sigmoid", "linear")
 TOL = 1e-5
-
-
-def covering_configs():
-    """(activation, use_bias, go_backwards, return_sequences, initial_state):
-    all activation x go_backwards x return_sequences, each with one of the
-    four (use_bias, initial_state) pairs, rotated so every pair of values of
-    any two options occurs."""
-    pairs = [(True, True), (True, False), (False, True), (False, False)]
-    configs = []
-    for i, activation in enumerate(ACTIVATIONS):
-        for go_backwards, return_sequences in itertools.product(
-            (False, True), repeat=2
-        ):
-            use_bias, initial_state = pairs[
-                (2 * go_backwards + return_sequences + i) % 4
-            ]
-            configs.append(
-                pytest.param(
-                    activation, use_bias, go_backwards, return_sequences,
-                    initial_state,
-                    id=f"{activation}-bias{int(use_bias)}-back{int(go_backwards)}"
-                    f"-seq{int(return_sequences)}-h0{int(initial_state)}",
-                )
-            )
-    return configs
-
-
-def _constant_kwargs():
-    return dict(
-        kernel_initializer=initializers.Constant(0.01),
-        recurrent_initializer=initializers.Constant(0.02),
-        bias_initializer=initializers.Constant(0.03),
-    )
 
 
 def _twin_rnns(n_cells=1, units=4, shape=(3, 5, 3), weight_seed=0,
@@ -137,7 +105,7 @@ class VanillaRNNCellTest(testing.TestCase):
         sequence = np.arange(24).reshape((2, 3, 4)).astype("float32")
         for unroll, go_backwards in itertools.product((False, True), repeat=2):
             layer = keras.layers.RNN(
-                VanillaRNNCell(4, **_constant_kwargs()),
+                VanillaRNNCell(4, **constant_initializers()),
                 unroll=unroll,
                 go_backwards=go_backwards,
             )
@@ -150,7 +118,7 @@ class VanillaRNNCellTest(testing.TestCase):
     def test_statefulness(self):
         sequence = np.arange(24).reshape((2, 3, 4)).astype("float32")
         layer = keras.layers.RNN(
-            VanillaRNNCell(4, **_constant_kwargs()), stateful=True
+            VanillaRNNCell(4, **constant_initializers()), stateful=True
         )
         layer(sequence)
         expected = [[0.40559256] * 4, [0.7361247] * 4]
@@ -163,7 +131,7 @@ class VanillaRNNCellTest(testing.TestCase):
         sequence = np.arange(24).reshape((2, 4, 3)).astype("float32")
         mask = np.array([[True, True, False, True], [True, False, False, True]])
         layer = keras.layers.RNN(
-            VanillaRNNCell(2, **_constant_kwargs()),
+            VanillaRNNCell(2, **constant_initializers()),
             return_sequences=True,
             zero_output_for_mask=True,
         )

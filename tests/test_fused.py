@@ -15,13 +15,13 @@ from keras_vrnn import VanillaRNN
 from keras_vrnn import VanillaRNNCell
 from keras_vrnn import fused as fused_lib
 from keras_vrnn.probe import attached_probe
+from rnn_configs import ACTIVATIONS
 
 pytestmark = pytest.mark.skipif(
     keras.backend.backend() != "tensorflow",
     reason="TensorFlow-side tests (JAX is covered by test_jax_backend.py)",
 )
 
-ACTIVATIONS = ("tanh", "relu", "sigmoid", "linear")
 FWD_TOL = 1e-5
 GRAD_TOL = 1e-4
 BOOL_PAIRS = [(False, False), (True, True), (False, True), (True, False)]

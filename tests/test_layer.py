@@ -10,11 +10,13 @@ import itertools
 import keras
 import numpy as np
 import pytest
-from keras import initializers
 from keras.src import testing
 
 import keras_vrnn
 from keras_vrnn import VanillaRNN
+from rnn_configs import ACTIVATIONS
+from rnn_configs import constant_initializers
+from rnn_configs import covering_configs
 
 pytestmark = [
     pytest.mark.skipif(
@@ -25,42 +27,8 @@ pytestmark = [
     pytest.mark.usefixtures("no_xla"),
 ]
 
-ACTIVATIONS = ("tanh", "relu", "sigmoid", "linear")
 PATHS = ("auto", False)  # fused (taken automatically) and the generic loop
 TOL = 1e-5  # relative, float32
-
-
-def covering_configs():
-    """(activation, use_bias, go_backwards, return_sequences, initial_state):
-    every activation x go_backwards x return_sequences, each with one of the
-    four (use_bias, initial_state) pairs, rotated so that every pair of values
-    of any two options occurs (16 configurations instead of 64)."""
-    pairs = [(True, True), (True, False), (False, True), (False, False)]
-    configs = []
-    for i, activation in enumerate(ACTIVATIONS):
-        for go_backwards, return_sequences in itertools.product(
-            (False, True), repeat=2
-        ):
-            use_bias, initial_state = pairs[
-                (2 * go_backwards + return_sequences + i) % 4
-            ]
-            configs.append(
-                pytest.param(
-                    activation, use_bias, go_backwards, return_sequences,
-                    initial_state,
-                    id=f"{activation}-bias{int(use_bias)}-back{int(go_backwards)}"
-                    f"-seq{int(return_sequences)}-h0{int(initial_state)}",
-                )
-            )
-    return configs
-
-
-def _constant_kwargs():
-    return dict(
-        kernel_initializer=initializers.Constant(0.01),
-        recurrent_initializer=initializers.Constant(0.02),
-        bias_initializer=initializers.Constant(0.03),
-    )
 
 
 def _random_weights(layer, seed=0):
@@ -150,7 +118,7 @@ class VanillaRNNTest(testing.TestCase):
                 unroll=unroll,
                 go_backwards=go_backwards,
                 use_fused=use_fused,
-                **_constant_kwargs(),
+                **constant_initializers(),
             )
             self.assertAllClose(
                 layer(sequence), backward if go_backwards else forward,
@@ -162,7 +130,7 @@ class VanillaRNNTest(testing.TestCase):
         expected = [[0.40559256] * 4, [0.7361247] * 4]
         for use_fused in PATHS:
             layer = VanillaRNN(
-                4, stateful=True, use_fused=use_fused, **_constant_kwargs()
+                4, stateful=True, use_fused=use_fused, **constant_initializers()
             )
             layer(sequence)
             self.assertAllClose(layer(sequence), expected, atol=1e-6, rtol=1e-6)
@@ -174,14 +142,14 @@ class VanillaRNNTest(testing.TestCase):
         sequence = np.arange(24).reshape((2, 4, 3)).astype("float32")
         initial_state = np.arange(8).reshape((2, 4)).astype("float32")
         for use_fused in PATHS:
-            layer = VanillaRNN(4, use_fused=use_fused, **_constant_kwargs())
+            layer = VanillaRNN(4, use_fused=use_fused, **constant_initializers())
             self.assertAllClose(
                 layer(sequence, initial_state=initial_state),
                 [[0.33621645] * 4, [0.6262637] * 4],
                 atol=1e-6, rtol=1e-6,
             )
             layer = VanillaRNN(
-                4, go_backwards=True, use_fused=use_fused, **_constant_kwargs()
+                4, go_backwards=True, use_fused=use_fused, **constant_initializers()
             )
             self.assertAllClose(
                 layer(sequence, initial_state=[initial_state]),
@@ -194,7 +162,7 @@ class VanillaRNNTest(testing.TestCase):
         mask = np.array([[True, True, False, True], [True, False, False, True]])
         for use_fused in PATHS:
             layer = VanillaRNN(
-                4, unroll=True, use_fused=use_fused, **_constant_kwargs()
+                4, unroll=True, use_fused=use_fused, **constant_initializers()
             )
             self.assertAllClose(
                 layer(sequence, mask=mask),
@@ -207,7 +175,7 @@ class VanillaRNNTest(testing.TestCase):
                     return_sequences=True,
                     zero_output_for_mask=zero_output,
                     use_fused=use_fused,
-                    **_constant_kwargs(),
+                    **constant_initializers(),
                 )
                 output = layer(sequence, mask=mask)
                 a, b = [0.0599281] * 2, [0.15122814] * 2
@@ -223,7 +191,7 @@ class VanillaRNNTest(testing.TestCase):
                     atol=1e-6, rtol=1e-6,
                 )
             layer = VanillaRNN(
-                4, go_backwards=True, use_fused=use_fused, **_constant_kwargs()
+                4, go_backwards=True, use_fused=use_fused, **constant_initializers()
             )
             self.assertAllClose(
                 layer(sequence, mask=mask),
