@@ -290,8 +290,48 @@ def restore_policy():
     keras.config.set_dtype_policy(policy)
 
 
+
+# ---------------------------------------------------------------------------
+# Experiment command lines that must fail
+# ---------------------------------------------------------------------------
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def error_line(err):
+    """The single stderr line of a failed experiment run (asserting that it
+    is one line, `error: ...`, and no traceback)."""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: ") and "Traceback" not in err, err
+    return lines[0]
+
+
+def assert_cli_errors(cases):
+    """Runs `{case: (args after "python -m", fragment)}` as concurrent real
+    processes in the repository (without TF_CONFIG); each must exit with
+    status 2 and one error line containing its fragment."""
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
+    procs = {
+        case: subprocess.Popen(
+            [sys.executable, "-m", *args],
+            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True,
+        )
+        for case, (args, _) in cases.items()
+    }
+    for case, proc in procs.items():
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 2, (case, err)
+        assert cases[case][1] in error_line(err), (case, err)
+
+
 __all__ = [
     "ACTIVATIONS",
+    "assert_cli_errors",
+    "error_line",
     "assert_rel_close",
     "check_against_reference",
     "make_problem",

@@ -6,17 +6,11 @@ Library code (layer, callback) raises one `ValueError` whose message has
 is created, changed or deleted.
 """
 
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
 from experiments import text
 from experiments import timeseries
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 # ---------------------------------------------------------------------------
@@ -234,17 +228,10 @@ def _argv(experiment, args, d):
     return base + [a.replace("{d}", str(d)) for a in args]
 
 
-def _error_line(err):
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("error: ") and "Traceback" not in err, err
-    return lines[0]
-
-
 @pytest.mark.parametrize(
     "kind, case", [("library", k) for k in LIBRARY] + [("cli", k) for k in CLI]
 )
-def test_bad_input(kind, case, tmp_path, capsys, monkeypatch):
+def test_bad_input(ref, kind, case, tmp_path, capsys, monkeypatch):
     _make_inputs(tmp_path)
     if case == "timeseries init_from empty":
         (tmp_path / "empty.keras").write_bytes(b"")
@@ -263,30 +250,23 @@ def test_bad_input(kind, case, tmp_path, capsys, monkeypatch):
         with pytest.raises(SystemExit) as excinfo:
             MODULES[experiment].main(_argv(experiment, args, tmp_path))
         assert excinfo.value.code == 2
-        line = _error_line(capsys.readouterr().err)
+        line = ref.error_line(capsys.readouterr().err)
         assert fragment in line, line
     assert _snapshot(tmp_path) == before  # nothing created, changed or deleted
 
 
-def test_bad_input_in_real_processes(tmp_path):
+def test_bad_input_in_real_processes(ref, tmp_path):
     """A few of the cases as real `python -m experiments.<name>` processes
     (concurrently; they exit before TensorFlow is imported)."""
     _make_inputs(tmp_path)
     before = _snapshot(tmp_path)
     cases = ("text unknown strategy", "text latin-1 file",
              "timeseries init_from random bytes", "csv NaN-only column")
-    env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
-    procs = {}
-    for case in cases:
-        experiment, args, _ = CLI[case]
-        procs[case] = subprocess.Popen(
-            [sys.executable, "-m", f"experiments.{experiment}",
-             *_argv(experiment, args, tmp_path)],
-            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True,
+    ref.assert_cli_errors({
+        case: (
+            [f"experiments.{CLI[case][0]}", *_argv(CLI[case][0], CLI[case][1], tmp_path)],
+            CLI[case][2],
         )
-    for case, proc in procs.items():
-        _, err = proc.communicate(timeout=120)
-        assert proc.returncode == 2, (case, err)
-        assert CLI[case][2] in _error_line(err), (case, err)
+        for case in cases
+    })
     assert _snapshot(tmp_path) == before

@@ -2,9 +2,6 @@
 
 import json
 import math
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -13,7 +10,6 @@ from experiments import runner
 from experiments import text
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 TINY = [
     "--seq_len", "12", "--hidden", "8", "--embed_dim", "4", "--batch_size", "8",
@@ -142,15 +138,7 @@ def test_existing_run_name_exits_2(shakespeare_run, capsys):
 # ---------------------------------------------------------------------------
 
 
-def _error_line(proc_or_err):
-    """The single stderr line of a failed run (asserting there is one)."""
-    lines = proc_or_err.strip().splitlines()
-    assert len(lines) == 1, proc_or_err
-    assert lines[0].startswith("error: ") and "Traceback" not in proc_or_err
-    return lines[0]
-
-
-def test_cli_errors(tmp_path):
+def test_cli_errors(ref, tmp_path):
     """The documented CLI errors, each in its own `python -m experiments.text`
     (run concurrently: they exit before TensorFlow is imported)."""
     (tmp_path / "empty.txt").write_bytes(b"")
@@ -169,18 +157,10 @@ def test_cli_errors(tmp_path):
         "hidden 0": (["--hidden", "0"], "hidden=0. Expected a positive integer"),
         "existing run name": (["--run_name", "taken"], "already exists"),
     }
-    procs = {
-        case: subprocess.Popen(
-            [sys.executable, "-m", "experiments.text", "--workdir_root",
-             str(root), *args],
-            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )
-        for case, (args, _) in cases.items()
-    }
-    for case, proc in procs.items():
-        _, err = proc.communicate(timeout=120)
-        assert proc.returncode == 2, (case, err)
-        assert cases[case][1] in _error_line(err), case
+    ref.assert_cli_errors({
+        case: (["experiments.text", "--workdir_root", str(root), *args], fragment)
+        for case, (args, fragment) in cases.items()
+    })
     # Failed runs leave no run directory behind.
     assert sorted(p.name for p in (root / "text").iterdir()) == ["taken"]
 
@@ -200,11 +180,11 @@ def test_cli_errors(tmp_path):
         (["--text_file", ""], "text_file=''"),
     ],
 )
-def test_more_errors_in_process(tmp_path, capsys, args, fragment):
+def test_more_errors_in_process(ref, tmp_path, capsys, args, fragment):
     corpus = _corpus(tmp_path)
     argv = ["--workdir_root", str(tmp_path / "runs"), "--text_file", str(corpus)]
     with pytest.raises(SystemExit) as excinfo:
         text.main(argv + args)
     assert excinfo.value.code == 2
-    assert fragment in _error_line(capsys.readouterr().err)
+    assert fragment in ref.error_line(capsys.readouterr().err)
     assert not list((tmp_path / "runs").glob("text/*"))

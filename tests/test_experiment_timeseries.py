@@ -2,9 +2,6 @@
 
 import json
 import math
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -14,7 +11,6 @@ from experiments import runner
 from experiments import timeseries
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 TINY = [
     "--window", "6", "--hidden", "4", "--batch_size", "64", "--epochs", "2",
@@ -160,14 +156,7 @@ def test_prepare_csv_levels_and_differences(tmp_path):
 # ---------------------------------------------------------------------------
 
 
-def _error_line(err):
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("error: ") and "Traceback" not in err
-    return lines[0]
-
-
-def test_cli_errors(tmp_path):
+def test_cli_errors(ref, tmp_path):
     """Each documented CLI error in its own `python -m experiments.timeseries`
     (run concurrently: they exit before TensorFlow is imported)."""
     csv = _csv(tmp_path)
@@ -183,18 +172,10 @@ def test_cli_errors(tmp_path):
         "window 0": (["--window", "0"], "window=0. Expected a positive integer"),
         "existing run name": (["--run_name", "taken"], "already exists"),
     }
-    procs = {
-        case: subprocess.Popen(
-            [sys.executable, "-m", "experiments.timeseries", "--workdir_root",
-             str(root), *args],
-            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )
-        for case, (args, _) in cases.items()
-    }
-    for case, proc in procs.items():
-        _, err = proc.communicate(timeout=120)
-        assert proc.returncode == 2, (case, err)
-        assert cases[case][1] in _error_line(err), (case, err)
+    ref.assert_cli_errors({
+        case: (["experiments.timeseries", "--workdir_root", str(root), *args], fragment)
+        for case, (args, fragment) in cases.items()
+    })
     assert sorted(p.name for p in (root / "timeseries").iterdir()) == ["taken"]
 
 
@@ -213,9 +194,9 @@ def test_cli_errors(tmp_path):
         (["--learning_rate", "nan"], "learning_rate=nan"),
     ],
 )
-def test_more_errors_in_process(tmp_path, capsys, args, fragment):
+def test_more_errors_in_process(ref, tmp_path, capsys, args, fragment):
     with pytest.raises(SystemExit) as excinfo:
         timeseries.main(["--workdir_root", str(tmp_path / "runs"), *args])
     assert excinfo.value.code == 2
-    assert fragment in _error_line(capsys.readouterr().err)
+    assert fragment in ref.error_line(capsys.readouterr().err)
     assert not list((tmp_path / "runs").glob("timeseries/*"))
