@@ -238,10 +238,17 @@ def main(argv=None):
 
     start = time.perf_counter()
     results = run(args.rounds, args.warmup, sizes, not args.no_gradient_norms)
+    from keras_vrnn import native
+
+    kernels = (
+        "native kernels" if native.library() is not None
+        else f"XLA loops (native kernels unavailable: {native.unavailable_reason()})"
+    )
     print(
         f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         f"TF {tf.__version__}, Keras {keras.__version__}, float32, "
-        f"{args.rounds} rounds, {time.perf_counter() - start:.0f} s"
+        f"{args.rounds} rounds, {time.perf_counter() - start:.0f} s, "
+        f"VanillaRNN fused path: {kernels}"
     )
     print(markdown(results))
     if args.json:

@@ -13,12 +13,16 @@ framework overhead dominates, not FLOPs. The fused path
    `dW_hh = H_prev^T @ dZ` as one GEMM after the loop.
 
 Memory: the backward keeps the T hidden states and the projected inputs,
-O(batch * T * units), nothing per step beyond that.
+O(batch * T * units), nothing per step beyond that (the native kernels keep
+the hidden states and the layer's inputs only).
 
-Backends: TensorFlow (an XLA-compiled `tf.while_loop` with
-`tf.custom_gradient`; on a multi-core CPU a large batch runs as two
-concurrent halves, see `keras_vrnn.fused_tf`) and JAX (`lax.scan` with
-`jax.custom_vjp`).
+Backends: TensorFlow and JAX. On TensorFlow on a CPU, native kernels built
+for this machine on first use (`keras_vrnn.native`: the projection, both
+loops and the weight gradients in two custom ops, the batch cut into parts
+run on TensorFlow's intra-op threads); where they cannot be built, on an
+accelerator, in float16 or inside an XLA-compiled function, an XLA-compiled
+`tf.while_loop` with `tf.custom_gradient` (see `keras_vrnn.fused_tf`). On
+JAX, `lax.scan` with `jax.custom_vjp`.
 Other backends, masks, `unroll=True` and activations other than tanh, relu,
 sigmoid and linear use the generic loop.
 
@@ -88,24 +92,36 @@ def fused_inner_loop(layer, sequences, initial_state, training=False, probe=None
         x = ops.flip(x, axis=1)
         if probe is not None:
             probe = ops.flip(probe, axis=1)
+    bias = None if cell.bias is None else ops.cast(cell.bias, dtype)
+    act = activation_name(cell.activation)
+    if keras.backend.backend() == "tensorflow":
+        from keras_vrnn import fused_tf
+
+        outputs = fused_tf.recurrence_from_inputs(
+            x, kernel, bias, h0, recurrent_kernel, act, rec_mask, probe
+        )
+    else:
+        from keras_vrnn import fused_jax
+
+        outputs = fused_jax.recurrence(
+            project(x, kernel, bias), h0, recurrent_kernel, act, rec_mask, probe
+        )
+    last = outputs[:, -1]
+    return last, outputs, [last]
+
+
+def project(x, kernel, bias):
+    """x @ W (+ b) for all steps of batch-major x (B, T, D): (B, T, H)."""
     # One 2-D GEMM (a 3-D x 2-D matmul would be a broadcast batched matmul,
     # with a batched product and a reduction over the batch for dW_xh).
     # (The batch is reshaped to what it was, not -1, so that a static batch
     # size stays static when the length is not.)
     batch, timesteps, features = ops.shape(x)
     projected = ops.matmul(ops.reshape(x, (-1, features)), kernel)
-    projected = ops.reshape(projected, (batch, timesteps, cell.units))
-    if cell.bias is not None:
-        projected = projected + ops.cast(cell.bias, dtype)
-
-    act = activation_name(cell.activation)
-    if keras.backend.backend() == "tensorflow":
-        from keras_vrnn import fused_tf as impl
-    else:
-        from keras_vrnn import fused_jax as impl
-    outputs = impl.recurrence(projected, h0, recurrent_kernel, act, rec_mask, probe)
-    last = outputs[:, -1]
-    return last, outputs, [last]
+    projected = ops.reshape(projected, (batch, timesteps, ops.shape(kernel)[-1]))
+    if bias is not None:
+        projected = projected + bias
+    return projected
 
 
 def activation_derivative(act, a):

@@ -26,13 +26,20 @@ ablations of it on a 2-core machine, and what this module does about it:
 import os
 
 import tensorflow as tf
+from tensorflow.python.ops import control_flow_util
 
-from keras_vrnn.fused import activation_derivative
+from keras_vrnn import native
+from keras_vrnn.fused import activation_derivative, project
 
 # Whether the loops are XLA-compiled, and into how many concurrent parts the
 # batch is cut on a CPU with more than one core. Chosen with
 # benchmarks/benchmark.py on a 2-core CPU (see README).
 USE_XLA = True
+# Whether the native CPU kernels (`keras_vrnn.native`) run the loops where
+# they can; they cut the batch into parts of at least MIN_PART_ROWS rows,
+# one per intra-op thread.
+USE_NATIVE = True
+MIN_PART_ROWS = 16
 BATCH_PARTS = 2
 # A batch below this is not cut (decided at run time when its size is unknown
 # at trace time): each part would be too small a product for a second core
@@ -157,6 +164,72 @@ def _split(t, parts):
 
 def _join(tensors):
     return tensors[0] if len(tensors) == 1 else tf.concat(tensors, axis=0)
+
+
+def _native_library(dtype):
+    """The native kernels when they can run here (`keras_vrnn.native`), else None.
+
+    Not on an accelerator, not inside an XLA-compiled function (a custom op
+    has no XLA kernel; the XLA loops nest there), float32/float64 only.
+    """
+    if not USE_NATIVE or dtype not in (tf.float32, tf.float64):
+        return None
+    if tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"):
+        return None
+    if control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()):
+        return None
+    return native.library()
+
+
+def _native_recurrence(lib, x, kernel, bias, h0, recurrent_kernel, act, rec_mask, probe):
+    """`recurrence_from_inputs` by the native kernels (which cut the batch themselves)."""
+    empty = tf.zeros([0], x.dtype)
+    optional = [t for t in (bias, rec_mask, probe) if t is not None]
+
+    @tf.custom_gradient
+    def _recurrence(x, kernel, h0, recurrent_kernel, *optional):
+        given = iter(optional)
+        b, m, p = [next(given) if t is not None else empty for t in (bias, rec_mask, probe)]
+        options = dict(activation=act, min_part_rows=MIN_PART_ROWS)
+        hs = lib.keras_vrnn_forward(x, kernel, b, h0, recurrent_kernel, m, p, **options)
+
+        def grad(upstream):
+            dz, dh, dh0, d_kernel, d_bias, d_recurrent = lib.keras_vrnn_backward(
+                upstream, hs, x, kernel, b, h0, recurrent_kernel, m, p, **options
+            )
+            # dL/dx = dZ W^T, left to TensorFlow so that it is pruned when
+            # nothing needs it (the first layer's inputs).
+            units = tf.shape(dz)[-1]
+            dx = tf.reshape(
+                tf.matmul(tf.reshape(dz, [-1, units]), kernel, transpose_b=True),
+                tf.shape(x),
+            )
+            grads = [dx, d_kernel, dh0, d_recurrent]
+            if bias is not None:
+                grads.append(d_bias)
+            if rec_mask is not None:
+                grads.append(tf.zeros_like(m))  # masks are constants
+            if probe is not None:
+                grads.append(tf.reshape(dh, tf.shape(hs)))
+            return grads
+
+        return hs, grad
+
+    return _recurrence(x, kernel, h0, recurrent_kernel, *optional)
+
+
+def recurrence_from_inputs(x, kernel, bias, h0, recurrent_kernel, act, rec_mask=None, probe=None):
+    """hs[:, t] = act(x[:, t] @ W + b + (hs[:, t-1] * rec_mask) @ U) (+ probe[:, t]).
+
+    `x` (B, T, D) batch-major. By the native kernels where they run
+    (`keras_vrnn.native`), else by `recurrence` on the projected inputs.
+    """
+    lib = _native_library(x.dtype)
+    if lib is not None:
+        return _native_recurrence(
+            lib, x, kernel, bias, h0, recurrent_kernel, act, rec_mask, probe
+        )
+    return recurrence(project(x, kernel, bias), h0, recurrent_kernel, act, rec_mask, probe)
 
 
 def recurrence(projected, h0, recurrent_kernel, act, rec_mask=None, probe=None):

@@ -261,13 +261,15 @@ def fused_calls(monkeypatch):
 
 @pytest.fixture
 def no_xla(monkeypatch):
-    """Runs the fused TensorFlow loops without XLA compilation.
+    """Runs the fused TensorFlow XLA loops (the fallback of the native
+    kernels) without XLA compilation, where they run.
 
-    The fused path XLA-compiles its loops once per activation, dropout
-    variant and input shape, ~1-2 s each on a small CPU. test_fused.py tests
-    the shipped (XLA) configuration against the generic loop and the NumPy
-    reference; test_layer.py and test_cell.py, which test the layer's API and
-    its agreement with SimpleRNN, run the same loop code uncompiled.
+    The XLA loops are compiled once per activation, dropout variant and
+    input shape, ~1-2 s each on a small CPU. test_fused.py tests both
+    shipped implementations (native kernels and compiled XLA loops) against
+    the generic loop and the NumPy reference; test_layer.py and
+    test_cell.py, which test the layer's API and its agreement with
+    SimpleRNN, run the native kernels, or the same XLA loop code uncompiled.
     """
     from keras_vrnn import fused_tf
 

@@ -35,4 +35,5 @@ def test_benchmark_smoke(tmp_path, capsys):
         assert f"| (4, 6, 3, 5) | {mode} |" in printed
     assert row["gradient_norms"]["ms"] > 0
     assert "speedup ceiling" in printed and "cost vs one train step" in printed
+    assert "VanillaRNN fused path: native kernels" in printed
 

@@ -63,6 +63,49 @@ def _xla_only_for(activation, monkeypatch, compiled=("tanh", "relu")):
         monkeypatch.setattr(fused_tf, "USE_XLA", False)
 
 
+@pytest.fixture(params=["native", "xla"])
+def impl(request, monkeypatch):
+    """Runs a test on each TensorFlow implementation of the fused loops: the
+    native CPU kernels (as shipped, where they build) and the XLA-compiled
+    loops (their fallback), and checks that the named one really ran."""
+    from keras_vrnn import fused_tf
+
+    calls = {"fused": 0, "native": 0}
+
+    def counting(name, function):
+        def spy(*args, **kwargs):
+            calls[name] += 1
+            return function(*args, **kwargs)
+
+        return spy
+
+    monkeypatch.setattr(
+        fused_tf, "recurrence_from_inputs",
+        counting("fused", fused_tf.recurrence_from_inputs),
+    )
+    monkeypatch.setattr(
+        fused_tf, "_native_recurrence", counting("native", fused_tf._native_recurrence)
+    )
+    if request.param == "xla":
+        monkeypatch.setattr(fused_tf, "USE_NATIVE", False)
+    else:
+        require_native()
+    yield request.param
+    # Every fused run went the named way (tests of the generic loop: none).
+    assert calls["native"] == (calls["fused"] if request.param == "native" else 0)
+
+
+def require_native():
+    """The native kernels, built and loaded; a clear failure if they cannot be."""
+    from keras_vrnn import native
+
+    if not native.enabled():
+        pytest.skip("native kernels disabled by KERAS_VRNN_NATIVE")
+    lib = native.library()
+    assert lib is not None, f"native kernels unavailable: {native.unavailable_reason()}"
+    return lib
+
+
 def _pair(shape, weight_seed=0, **kwargs):
     """A fused and a generic VanillaRNN with the same random weights."""
     fused = VanillaRNN(4, use_fused=True, **kwargs)
@@ -103,7 +146,7 @@ def _compare(ref, rf, rg):
     ),
 )
 def test_fused_matches_generic(
-    ref, activation, use_bias, go_backwards, return_sequences, return_state,
+    ref, impl, activation, use_bias, go_backwards, return_sequences, return_state,
     initial_state,
 ):
     p = ref.make_problem(seed=1, use_bias=use_bias, initial_state=initial_state)
@@ -134,7 +177,7 @@ def test_fused_matches_generic(
     rotated("back", "seq", extra=[((0.4, 0.0),), ((0.0, 0.5),), ((0.3, 0.4),)]),
 )
 def test_fused_dropout_matches_generic(
-    ref, monkeypatch, activation, rates, go_backwards, return_sequences
+    ref, impl, monkeypatch, activation, rates, go_backwards, return_sequences
 ):
     _xla_only_for(activation, monkeypatch)
     dropout, recurrent_dropout = rates
@@ -162,7 +205,7 @@ def test_fused_dropout_matches_generic(
     rotated("back", "seq", extra=[(0.0,), (0.3,)]),
 )
 def test_fused_stateful_matches_generic(
-    ref, monkeypatch, activation, dropout, go_backwards, return_sequences
+    ref, impl, monkeypatch, activation, dropout, go_backwards, return_sequences
 ):
     _xla_only_for(activation, monkeypatch)
     shape = (3, 5, 3)
@@ -202,7 +245,7 @@ def test_fused_stateful_matches_generic(
         (37, "relu", False),
     ],
 )
-def test_sequence_lengths_match_reference(ref, timesteps, activation, go_backwards):
+def test_sequence_lengths_match_reference(ref, impl, timesteps, activation, go_backwards):
     # The TF loop runs 4 steps per iteration and zero-pads the last chunk:
     # 1 is shorter than a chunk, 37 (and 5, used everywhere else) is not a
     # multiple of 4.
@@ -408,7 +451,7 @@ def _probe_gradient(layer, x, h0, c, probe_shape, direct_only, training=False):
     ),
 )
 def test_probe_gradient_is_bptt(
-    ref, monkeypatch, fused_calls, activation, kind, direct_only, go_backwards,
+    ref, impl, monkeypatch, fused_calls, activation, kind, direct_only, go_backwards,
     return_sequences,
 ):
     _xla_only_for(activation, monkeypatch)
@@ -448,7 +491,7 @@ def test_probe_gradient_is_bptt(
     "kind, go_backwards",
     [("fused", True), ("generic", False), ("rnn_cell", True)],
 )
-def test_probe_gradient_with_dropout(ref, kind, go_backwards):
+def test_probe_gradient_with_dropout(ref, impl, kind, go_backwards):
     p = ref.make_problem(seed=9, initial_state=True)
     layer = _probe_layer(
         kind, return_sequences=True, go_backwards=go_backwards,
@@ -555,6 +598,8 @@ def test_batch_split_matches_generic(
     from keras_vrnn import fused_tf
 
     # A batch of 3 is cut into 2 + 1 rows: uneven parts, both non-trivial.
+    # (The XLA loops' split; the native kernels' own is in test_native.py.)
+    monkeypatch.setattr(fused_tf, "USE_NATIVE", False)
     monkeypatch.setattr(fused_tf, "MIN_SPLIT_BATCH", 2)
     monkeypatch.setattr(fused_tf.os, "cpu_count", lambda: 2)
     split = []
@@ -591,6 +636,7 @@ def test_batch_split_with_unknown_batch_size(ref, monkeypatch, batch):
     # to cut is decided at run time: 1 row runs whole, 2 and 5 are cut.
     from keras_vrnn import fused_tf
 
+    monkeypatch.setattr(fused_tf, "USE_NATIVE", False)
     monkeypatch.setattr(fused_tf.os, "cpu_count", lambda: 2)
     monkeypatch.setattr(fused_tf, "MIN_SPLIT_BATCH", 2)
     p = ref.make_problem(seed=14, batch=batch)
@@ -613,7 +659,7 @@ def test_batch_split_with_unknown_batch_size(ref, monkeypatch, batch):
 
 
 @pytest.mark.parametrize("known", ["state", "sequences"])
-def test_batch_size_known_on_one_input_only(ref, known):
+def test_batch_size_known_on_one_input_only(ref, impl, known):
     # E.g. sampling text: sequences (1, None, D) with a (1, H) state, or
     # sequences of unknown batch with a state of known batch. The fused
     # loops need one static (B, H) shape for their carried state. (Keras'

@@ -1,0 +1,442 @@
+// Native CPU kernels of the fused vanilla-RNN recurrence (see keras_vrnn/native.py).
+//
+//   forward:  hs[:, t] = act(x[:, t] @ W + b + (hs[:, t-1] * m) @ U) + probe[:, t]
+//   backward: dh_t = upstream[:, t] + carry, dz_t = dh_t * act'(z_t),
+//             carry = (dz_t @ U^T) * m, dU = sum_t (h_{t-1} * m)^T dz_t
+//             (accumulated step by step, while both operands are in cache),
+//             dW = sum_t x_t^T dz_t, db = sum_t dz_t
+//   (dL/dx = dZ @ W^T is left to TensorFlow, which prunes it when unused.)
+//
+// Why native code: on a CPU a vanilla RNN step is a tiny (batch, units) x
+// (units, units) product, so per-step framework overhead dominates, and this
+// TensorFlow wheel's own matmul kernels are built for a generic x86-64 CPU.
+// Compiled here for the host CPU (-march=native), Eigen's GEMM uses the
+// FMA/AVX units the machine has. Each call cuts the batch into parts that run
+// on TensorFlow's intra-op threads: every row of the batch is its own
+// recurrence, so the parts give exactly the numbers of the whole batch.
+//
+// Layout: batch-major, row-major, like the Keras layer: inputs x (B, S, D);
+// probe, upstream and hs (B, S, H); h0 and the recurrent-dropout mask m
+// (B, H); W (D, H), b (H), U (H, H). An absent bias, mask or probe is an
+// empty tensor. The forward keeps nothing but hs: the backward needs only
+// hs, x and the weights (memory O(B * S * (H + D))).
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "Eigen/Core"
+#include "tensorflow/core/framework/op.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/shape_inference.h"
+
+namespace keras_vrnn {
+
+using ::tensorflow::OpKernel;
+using ::tensorflow::OpKernelConstruction;
+using ::tensorflow::OpKernelContext;
+using ::tensorflow::Tensor;
+using ::tensorflow::TensorShape;
+using ::tensorflow::errors::InvalidArgument;
+using ::tensorflow::shape_inference::InferenceContext;
+
+enum class Activation { kTanh, kSigmoid, kRelu, kLinear };
+
+Activation ParseActivation(const std::string& name) {
+  if (name == "tanh") return Activation::kTanh;
+  if (name == "sigmoid") return Activation::kSigmoid;
+  if (name == "relu") return Activation::kRelu;
+  return Activation::kLinear;
+}
+
+template <typename T>
+using Matrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+// A (rows, H) view of one time step of a (B, S, H) tensor: rows S*H apart.
+template <typename T>
+using StepView = Eigen::Map<Matrix<T>, 0, Eigen::OuterStride<>>;
+template <typename T>
+using ConstStepView = Eigen::Map<const Matrix<T>, 0, Eigen::OuterStride<>>;
+
+// z -> act(z), in place (z a matrix or a strided view of one).
+template <typename Z>
+void Activate(Activation act, Z& z) {
+  using T = typename Z::Scalar;
+  switch (act) {
+    case Activation::kTanh:
+      z.array() = z.array().tanh();
+      break;
+    case Activation::kSigmoid:
+      z.array() = (T(1) + (-z.array()).exp()).inverse();
+      break;
+    case Activation::kRelu:
+      z.array() = z.array().cwiseMax(T(0));
+      break;
+    case Activation::kLinear:
+      break;
+  }
+}
+
+// dz = dh * act'(z), act' written in terms of a = act(z), stored into dz.
+template <typename T, typename A, typename Dz>
+void StoreDz(Activation act, const A& a, const Matrix<T>& dh, Dz& dz) {
+  switch (act) {
+    case Activation::kTanh:
+      dz = (dh.array() * (T(1) - a.array() * a.array())).matrix();
+      break;
+    case Activation::kSigmoid:
+      dz = (dh.array() * a.array() * (T(1) - a.array())).matrix();
+      break;
+    case Activation::kRelu:
+      dz = (dh.array() * (a.array() > T(0)).template cast<T>()).matrix();
+      break;
+    case Activation::kLinear:
+      dz = dh;
+      break;
+  }
+}
+
+// Checks shared by both ops; sets batch, length, features, units.
+::tensorflow::Status CheckShapes(const Tensor& inputs, const Tensor& kernel,
+                                 const Tensor& bias, const Tensor& h0,
+                                 const Tensor& recurrent, const Tensor& mask,
+                                 const Tensor& probe, int64_t* batch,
+                                 int64_t* length, int64_t* features,
+                                 int64_t* units) {
+  if (inputs.dims() != 3) {
+    return InvalidArgument("inputs must be (batch, timesteps, features). Received shape ",
+                           inputs.shape().DebugString());
+  }
+  *batch = inputs.dim_size(0);
+  *length = inputs.dim_size(1);
+  *features = inputs.dim_size(2);
+  if (h0.dims() != 2 || h0.dim_size(0) != *batch) {
+    return InvalidArgument("h0 must be (", *batch, ", units). Received shape ",
+                           h0.shape().DebugString());
+  }
+  *units = h0.dim_size(1);
+  if (kernel.dims() != 2 || kernel.dim_size(0) != *features ||
+      kernel.dim_size(1) != *units) {
+    return InvalidArgument("kernel must be (", *features, ", ", *units,
+                           "). Received shape ", kernel.shape().DebugString());
+  }
+  if (bias.NumElements() != 0 && (bias.dims() != 1 || bias.dim_size(0) != *units)) {
+    return InvalidArgument("bias must be empty or (", *units, ",). Received shape ",
+                           bias.shape().DebugString());
+  }
+  if (recurrent.dims() != 2 || recurrent.dim_size(0) != *units ||
+      recurrent.dim_size(1) != *units) {
+    return InvalidArgument("recurrent_kernel must be (", *units, ", ", *units,
+                           "). Received shape ", recurrent.shape().DebugString());
+  }
+  if (mask.NumElements() != 0 && mask.shape() != h0.shape()) {
+    return InvalidArgument("rec_mask must be empty or shaped like h0 ",
+                           h0.shape().DebugString(), ". Received shape ",
+                           mask.shape().DebugString());
+  }
+  const TensorShape steps({*batch, *length, *units});
+  if (probe.NumElements() != 0 && probe.shape() != steps) {
+    return InvalidArgument("probe must be empty or ", steps.DebugString(),
+                           ". Received shape ", probe.shape().DebugString());
+  }
+  return ::tensorflow::OkStatus();
+}
+
+// Rows [begin, end) of the batch in `parts` near-equal parts.
+struct Partition {
+  int64_t batch, parts;
+  int64_t begin(int64_t p) const { return batch * p / parts; }
+  int64_t end(int64_t p) const { return batch * (p + 1) / parts; }
+};
+
+// Parts to cut a batch into: one per intra-op thread, at least
+// `min_part_rows` rows each (smaller products do not pay for a thread).
+Partition Partitioned(OpKernelContext* ctx, int64_t batch, int64_t min_part_rows) {
+  const int64_t threads =
+      ctx->device()->tensorflow_cpu_worker_threads()->workers->NumThreads();
+  int64_t parts = std::min<int64_t>(threads, batch / std::max<int64_t>(min_part_rows, 1));
+  return Partition{batch, std::max<int64_t>(parts, 1)};
+}
+
+template <typename F>
+void RunParts(OpKernelContext* ctx, const Partition& partition, F&& run_part) {
+  if (partition.parts == 1) {
+    run_part(0);
+    return;
+  }
+  auto* workers = ctx->device()->tensorflow_cpu_worker_threads()->workers;
+  workers->ParallelFor(partition.parts, tsl::thread::ThreadPool::SchedulingParams::Fixed(1),
+                       [&](int64_t first, int64_t last) {
+                         for (int64_t p = first; p < last; ++p) run_part(p);
+                       });
+}
+
+template <typename T>
+class ForwardOp : public OpKernel {
+ public:
+  explicit ForwardOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    std::string act;
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("activation", &act));
+    act_ = ParseActivation(act);
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("min_part_rows", &min_part_rows_));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& inputs = ctx->input(0);
+    const Tensor& kernel = ctx->input(1);
+    const Tensor& bias = ctx->input(2);
+    const Tensor& h0 = ctx->input(3);
+    const Tensor& recurrent_kernel = ctx->input(4);
+    const Tensor& mask = ctx->input(5);
+    const Tensor& probe = ctx->input(6);
+    int64_t batch, length, features, units;
+    OP_REQUIRES_OK(ctx, CheckShapes(inputs, kernel, bias, h0, recurrent_kernel, mask,
+                                    probe, &batch, &length, &features, &units));
+    Tensor* hs = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({batch, length, units}), &hs));
+    if (hs->NumElements() == 0) return;
+
+    const T* x_data = inputs.flat<T>().data();
+    const T* h0_data = h0.flat<T>().data();
+    const T* m_data = mask.NumElements() ? mask.flat<T>().data() : nullptr;
+    const T* probe_data = probe.NumElements() ? probe.flat<T>().data() : nullptr;
+    T* hs_data = hs->flat<T>().data();
+    Eigen::Map<const Matrix<T>> w(kernel.flat<T>().data(), features, units);
+    Eigen::Map<const Matrix<T>> recurrent(recurrent_kernel.flat<T>().data(), units, units);
+    const int64_t row_stride = length * units;
+    const Partition partition = Partitioned(ctx, batch, min_part_rows_);
+
+    RunParts(ctx, partition, [&](int64_t p) {
+      const int64_t b0 = partition.begin(p), rows = partition.end(p) - b0;
+      const Eigen::OuterStride<> stride(row_stride);
+      // All steps of this part's rows projected at once, x W + b, into hs,
+      // which each step then overwrites with its activation.
+      Eigen::Map<Matrix<T>> all_steps(hs_data + b0 * row_stride, rows * length, units);
+      all_steps.noalias() =
+          Eigen::Map<const Matrix<T>>(x_data + b0 * length * features, rows * length, features) * w;
+      if (bias.NumElements()) {
+        all_steps.rowwise() += Eigen::Map<const Eigen::Matrix<T, 1, Eigen::Dynamic>>(
+            bias.flat<T>().data(), units);
+      }
+      Eigen::Map<const Matrix<T>> m(m_data ? m_data + b0 * units : nullptr,
+                                     m_data ? rows : 0, units);
+      Matrix<T> masked(m_data ? rows : 0, units);
+      // h_{t-1}: h0's rows, then the step just written to hs (no copy).
+      ConstStepView<T> h_prev(h0_data + b0 * units, rows, units, Eigen::OuterStride<>(units));
+      for (int64_t t = 0; t < length; ++t) {
+        const int64_t offset = b0 * row_stride + t * units;
+        StepView<T> h(hs_data + offset, rows, units, stride);
+        // z = projected_t + h_{t-1} U, accumulated in place, then act(z).
+        if (m_data) {
+          masked = h_prev.cwiseProduct(m);
+          h.noalias() += masked * recurrent;
+        } else {
+          h.noalias() += h_prev * recurrent;
+        }
+        Activate(act_, h);
+        if (probe_data) h += ConstStepView<T>(probe_data + offset, rows, units, stride);
+        new (&h_prev) ConstStepView<T>(hs_data + offset, rows, units, stride);
+      }
+    });
+  }
+
+ private:
+  Activation act_;
+  int64_t min_part_rows_;
+};
+
+template <typename T>
+class BackwardOp : public OpKernel {
+ public:
+  explicit BackwardOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    std::string act;
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("activation", &act));
+    act_ = ParseActivation(act);
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("min_part_rows", &min_part_rows_));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& upstream = ctx->input(0);
+    const Tensor& hs = ctx->input(1);
+    const Tensor& inputs = ctx->input(2);
+    const Tensor& kernel = ctx->input(3);
+    const Tensor& bias = ctx->input(4);
+    const Tensor& h0 = ctx->input(5);
+    const Tensor& recurrent_kernel = ctx->input(6);
+    const Tensor& mask = ctx->input(7);
+    const Tensor& probe = ctx->input(8);
+    int64_t batch, length, features, units;
+    OP_REQUIRES_OK(ctx, CheckShapes(inputs, kernel, bias, h0, recurrent_kernel, mask,
+                                    probe, &batch, &length, &features, &units));
+    const TensorShape steps({batch, length, units});
+    OP_REQUIRES(ctx, hs.shape() == steps && upstream.shape() == steps,
+                InvalidArgument("hs and upstream must be ", steps.DebugString(),
+                                ". Received shapes ", hs.shape().DebugString(), " and ",
+                                upstream.shape().DebugString()));
+    const bool with_probe = probe.NumElements() != 0;
+    Tensor *dz = nullptr, *dh = nullptr, *dh0 = nullptr;
+    Tensor *d_kernel = nullptr, *d_bias = nullptr, *d_recurrent_kernel = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, steps, &dz));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, with_probe ? steps : TensorShape({0}), &dh));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(2, h0.shape(), &dh0));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(3, kernel.shape(), &d_kernel));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(4, TensorShape({units}), &d_bias));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(5, recurrent_kernel.shape(), &d_recurrent_kernel));
+    Eigen::Map<Matrix<T>> d_w(d_kernel->flat<T>().data(), features, units);
+    Eigen::Map<Matrix<T>> d_b(d_bias->flat<T>().data(), 1, units);
+    Eigen::Map<Matrix<T>> d_recurrent(d_recurrent_kernel->flat<T>().data(), units, units);
+    d_w.setZero();
+    d_b.setZero();
+    d_recurrent.setZero();
+    if (upstream.NumElements() == 0) {
+      dh0->flat<T>().setZero();
+      return;
+    }
+
+    const T* g_data = upstream.flat<T>().data();
+    const T* hs_data = hs.flat<T>().data();
+    const T* x_data = inputs.flat<T>().data();
+    const T* h0_data = h0.flat<T>().data();
+    const T* m_data = mask.NumElements() ? mask.flat<T>().data() : nullptr;
+    const T* probe_data = with_probe ? probe.flat<T>().data() : nullptr;
+    T* dz_data = dz->flat<T>().data();
+    T* dh_data = with_probe ? dh->flat<T>().data() : nullptr;
+    T* dh0_data = dh0->flat<T>().data();
+    Eigen::Map<const Matrix<T>> recurrent(recurrent_kernel.flat<T>().data(), units, units);
+    const int64_t row_stride = length * units;
+    const Partition partition = Partitioned(ctx, batch, min_part_rows_);
+    // Each part's weight gradients, summed after the parts are done.
+    std::vector<Matrix<T>> d_w_parts(partition.parts), d_recurrent_parts(partition.parts);
+    std::vector<Matrix<T>> d_b_parts(partition.parts);
+
+    RunParts(ctx, partition, [&](int64_t p) {
+      const int64_t b0 = partition.begin(p), rows = partition.end(p) - b0;
+      Eigen::Map<const Matrix<T>> m(m_data ? m_data + b0 * units : nullptr,
+                                     m_data ? rows : 0, units);
+      const Eigen::OuterStride<> stride(row_stride);
+      // grad = dL/dh_t: the upstream gradient of step t, into which the
+      // product carried back from step t+1 is accumulated.
+      Matrix<T> grad(rows, units), carry(m_data ? rows : 0, units);
+      Matrix<T> masked_prev(m_data ? rows : 0, units);
+      d_recurrent_parts[p] = Matrix<T>::Zero(units, units);
+      for (int64_t t = length - 1; t >= 0; --t) {
+        const int64_t offset = b0 * row_stride + t * units;
+        if (t == length - 1) {
+          grad = ConstStepView<T>(g_data + offset, rows, units, stride);
+        }
+        if (dh_data) StepView<T>(dh_data + offset, rows, units, stride) = grad;
+        StepView<T> dz(dz_data + offset, rows, units, stride);
+        ConstStepView<T> h(hs_data + offset, rows, units, stride);
+        if (probe_data) {
+          StoreDz(act_, h - ConstStepView<T>(probe_data + offset, rows, units, stride),
+                  grad, dz);
+        } else {
+          StoreDz(act_, h, grad, dz);
+        }
+        // dU += (h_{t-1} * m)^T dz_t, while both are in cache.
+        ConstStepView<T> prev =
+            t > 0 ? ConstStepView<T>(hs_data + offset - units, rows, units, stride)
+                  : ConstStepView<T>(h0_data + b0 * units, rows, units,
+                                     Eigen::OuterStride<>(units));
+        if (m_data) {
+          masked_prev = prev.cwiseProduct(m);
+          d_recurrent_parts[p].noalias() += masked_prev.transpose() * dz;
+        } else {
+          d_recurrent_parts[p].noalias() += prev.transpose() * dz;
+        }
+        // Next: dL/dh_{t-1} = upstream_{t-1} + (dz_t U^T) * m (dL/dh0 at t = 0).
+        if (t > 0) {
+          grad = ConstStepView<T>(g_data + offset - units, rows, units, stride);
+        } else {
+          grad.setZero();
+        }
+        if (m_data) {
+          carry.noalias() = dz * recurrent.transpose();
+          grad.array() += carry.array() * m.array();
+        } else {
+          grad.noalias() += dz * recurrent.transpose();
+        }
+      }
+      Eigen::Map<Matrix<T>>(dh0_data + b0 * units, rows, units) = grad;
+
+      // dW = X^T dZ and db = column sums of dZ, single GEMMs over this
+      // part's rows * steps.
+      Eigen::Map<const Matrix<T>> dz_part(dz_data + b0 * row_stride, rows * length, units);
+      d_w_parts[p].noalias() =
+          Eigen::Map<const Matrix<T>>(x_data + b0 * length * features, rows * length, features)
+              .transpose() *
+          dz_part;
+      d_b_parts[p] = dz_part.colwise().sum();
+    });
+    for (int64_t p = 0; p < partition.parts; ++p) {
+      d_w += d_w_parts[p];
+      d_b += d_b_parts[p];
+      d_recurrent += d_recurrent_parts[p];
+    }
+  }
+
+ private:
+  Activation act_;
+  int64_t min_part_rows_;
+};
+
+REGISTER_OP("KerasVrnnForward")
+    .Input("inputs: T")
+    .Input("kernel: T")
+    .Input("bias: T")
+    .Input("h0: T")
+    .Input("recurrent_kernel: T")
+    .Input("rec_mask: T")
+    .Input("probe: T")
+    .Output("hs: T")
+    .Attr("T: {float, double}")
+    .Attr("activation: {'tanh', 'sigmoid', 'relu', 'linear'}")
+    .Attr("min_part_rows: int = 16")
+    .SetShapeFn([](InferenceContext* c) {
+      // (batch, timesteps) of the inputs, units of h0.
+      c->set_output(0, c->MakeShape({c->Dim(c->input(0), 0), c->Dim(c->input(0), 1),
+                                     c->Dim(c->input(3), 1)}));
+      return ::tensorflow::OkStatus();
+    });
+
+REGISTER_OP("KerasVrnnBackward")
+    .Input("upstream: T")
+    .Input("hs: T")
+    .Input("inputs: T")
+    .Input("kernel: T")
+    .Input("bias: T")
+    .Input("h0: T")
+    .Input("recurrent_kernel: T")
+    .Input("rec_mask: T")
+    .Input("probe: T")
+    .Output("d_projected: T")
+    .Output("d_hs: T")
+    .Output("d_h0: T")
+    .Output("d_kernel: T")
+    .Output("d_bias: T")
+    .Output("d_recurrent_kernel: T")
+    .Attr("T: {float, double}")
+    .Attr("activation: {'tanh', 'sigmoid', 'relu', 'linear'}")
+    .Attr("min_part_rows: int = 16")
+    .SetShapeFn([](InferenceContext* c) {
+      c->set_output(0, c->input(1));
+      c->set_output(1, c->UnknownShape());
+      c->set_output(2, c->input(5));
+      c->set_output(3, c->input(3));
+      c->set_output(4, c->Vector(c->Dim(c->input(5), 1)));
+      c->set_output(5, c->input(6));
+      return ::tensorflow::OkStatus();
+    });
+
+#define REGISTER_KERNELS(T)                                                   \
+  REGISTER_KERNEL_BUILDER(                                                    \
+      Name("KerasVrnnForward").Device(::tensorflow::DEVICE_CPU).TypeConstraint<T>("T"), \
+      ForwardOp<T>);                                                          \
+  REGISTER_KERNEL_BUILDER(                                                    \
+      Name("KerasVrnnBackward").Device(::tensorflow::DEVICE_CPU).TypeConstraint<T>("T"), \
+      BackwardOp<T>);
+
+REGISTER_KERNELS(float);
+REGISTER_KERNELS(double);
+
+}  // namespace keras_vrnn
