@@ -21,6 +21,8 @@ from keras_vrnn import VanillaRNN
 from keras_vrnn import fused_tf
 from keras_vrnn import native
 from rnn_configs import ACTIVATIONS
+from test_fused import count_calls
+from test_fused import require_native
 
 pytestmark = pytest.mark.skipif(
     keras.backend.backend() != "tensorflow", reason="TensorFlow custom ops"
@@ -30,8 +32,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _lib():
-    from test_fused import require_native
-
     return require_native()
 
 
@@ -127,12 +127,7 @@ def test_ops_reject_bad_shapes(which, shapes, fragment):
 def test_layer_in_a_jit_compiled_model_uses_the_xla_loops(ref, monkeypatch):
     # A custom op has no XLA kernel: inside an XLA-compiled function the
     # fused path takes its XLA loops, and the model trains the same.
-    native_calls = []
-    real = fused_tf._native_recurrence
-    monkeypatch.setattr(
-        fused_tf, "_native_recurrence",
-        lambda *a, **k: native_calls.append(1) or real(*a, **k),
-    )
+    native_calls = count_calls(monkeypatch, fused_tf, "_native_recurrence")
     p = ref.make_problem(seed=6, batch=4)
     y = np.ones((4, 1), "float32")
     losses = {}
@@ -147,12 +142,7 @@ def test_layer_in_a_jit_compiled_model_uses_the_xla_loops(ref, monkeypatch):
 
 
 def test_float16_uses_the_xla_loops(ref, monkeypatch, restore_policy):
-    native_calls = []
-    real = fused_tf._native_recurrence
-    monkeypatch.setattr(
-        fused_tf, "_native_recurrence",
-        lambda *a, **k: native_calls.append(1) or real(*a, **k),
-    )
+    native_calls = count_calls(monkeypatch, fused_tf, "_native_recurrence")
     keras.config.set_dtype_policy("mixed_float16")
     p = ref.make_problem(seed=7)
     layer = VanillaRNN(4, use_fused=True)

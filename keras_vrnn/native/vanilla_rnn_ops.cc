@@ -171,27 +171,47 @@ void RunParts(OpKernelContext* ctx, const Partition& partition, F&& run_part) {
                        });
 }
 
-template <typename T>
-class ForwardOp : public OpKernel {
+// The operands both ops share, read from `ctx` from input `first` on and
+// checked (CheckShapes), and the ops' attributes.
+struct Operands {
+  const Tensor *inputs, *kernel, *bias, *h0, *recurrent_kernel, *mask, *probe;
+  int64_t batch, length, features, units;
+};
+
+class RecurrenceOp : public OpKernel {
  public:
-  explicit ForwardOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+  explicit RecurrenceOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
     std::string act;
     OP_REQUIRES_OK(ctx, ctx->GetAttr("activation", &act));
     act_ = ParseActivation(act);
     OP_REQUIRES_OK(ctx, ctx->GetAttr("min_part_rows", &min_part_rows_));
   }
 
+ protected:
+  static ::tensorflow::Status Read(OpKernelContext* ctx, int first, Operands* o) {
+    const Tensor** slots[] = {&o->inputs, &o->kernel, &o->bias, &o->h0,
+                              &o->recurrent_kernel, &o->mask, &o->probe};
+    for (int i = 0; i < 7; ++i) *slots[i] = &ctx->input(first + i);
+    return CheckShapes(*o->inputs, *o->kernel, *o->bias, *o->h0, *o->recurrent_kernel,
+                       *o->mask, *o->probe, &o->batch, &o->length, &o->features,
+                       &o->units);
+  }
+
+  Activation act_;
+  int64_t min_part_rows_;
+};
+
+template <typename T>
+class ForwardOp : public RecurrenceOp {
+ public:
+  using RecurrenceOp::RecurrenceOp;
+
   void Compute(OpKernelContext* ctx) override {
-    const Tensor& inputs = ctx->input(0);
-    const Tensor& kernel = ctx->input(1);
-    const Tensor& bias = ctx->input(2);
-    const Tensor& h0 = ctx->input(3);
-    const Tensor& recurrent_kernel = ctx->input(4);
-    const Tensor& mask = ctx->input(5);
-    const Tensor& probe = ctx->input(6);
-    int64_t batch, length, features, units;
-    OP_REQUIRES_OK(ctx, CheckShapes(inputs, kernel, bias, h0, recurrent_kernel, mask,
-                                    probe, &batch, &length, &features, &units));
+    Operands o;
+    OP_REQUIRES_OK(ctx, Read(ctx, 0, &o));
+    const Tensor &inputs = *o.inputs, &kernel = *o.kernel, &bias = *o.bias, &h0 = *o.h0,
+                 &recurrent_kernel = *o.recurrent_kernel, &mask = *o.mask, &probe = *o.probe;
+    const int64_t batch = o.batch, length = o.length, features = o.features, units = o.units;
     Tensor* hs = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({batch, length, units}), &hs));
     if (hs->NumElements() == 0) return;
@@ -239,35 +259,21 @@ class ForwardOp : public OpKernel {
       }
     });
   }
-
- private:
-  Activation act_;
-  int64_t min_part_rows_;
 };
 
 template <typename T>
-class BackwardOp : public OpKernel {
+class BackwardOp : public RecurrenceOp {
  public:
-  explicit BackwardOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
-    std::string act;
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("activation", &act));
-    act_ = ParseActivation(act);
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("min_part_rows", &min_part_rows_));
-  }
+  using RecurrenceOp::RecurrenceOp;
 
   void Compute(OpKernelContext* ctx) override {
     const Tensor& upstream = ctx->input(0);
     const Tensor& hs = ctx->input(1);
-    const Tensor& inputs = ctx->input(2);
-    const Tensor& kernel = ctx->input(3);
-    const Tensor& bias = ctx->input(4);
-    const Tensor& h0 = ctx->input(5);
-    const Tensor& recurrent_kernel = ctx->input(6);
-    const Tensor& mask = ctx->input(7);
-    const Tensor& probe = ctx->input(8);
-    int64_t batch, length, features, units;
-    OP_REQUIRES_OK(ctx, CheckShapes(inputs, kernel, bias, h0, recurrent_kernel, mask,
-                                    probe, &batch, &length, &features, &units));
+    Operands o;
+    OP_REQUIRES_OK(ctx, Read(ctx, 2, &o));
+    const Tensor &inputs = *o.inputs, &kernel = *o.kernel, &bias = *o.bias, &h0 = *o.h0,
+                 &recurrent_kernel = *o.recurrent_kernel, &mask = *o.mask, &probe = *o.probe;
+    const int64_t batch = o.batch, length = o.length, features = o.features, units = o.units;
     const TensorShape steps({batch, length, units});
     OP_REQUIRES(ctx, hs.shape() == steps && upstream.shape() == steps,
                 InvalidArgument("hs and upstream must be ", steps.DebugString(),
@@ -374,10 +380,6 @@ class BackwardOp : public OpKernel {
       d_recurrent += d_recurrent_parts[p];
     }
   }
-
- private:
-  Activation act_;
-  int64_t min_part_rows_;
 };
 
 REGISTER_OP("KerasVrnnForward")
