@@ -241,7 +241,7 @@ def main(argv=None):
     from keras_vrnn import native
 
     kernels = (
-        "native kernels" if native.library() is not None
+        f"native kernels ({native.kernels()})" if native.library() is not None
         else f"XLA loops (native kernels unavailable: {native.unavailable_reason()})"
     )
     print(

@@ -33,6 +33,8 @@ import warnings
 from pathlib import Path
 
 SOURCE = Path(__file__).with_name("native") / "vanilla_rnn_ops.cc"
+# Everything the build reads: the source and the headers it includes.
+SOURCES = sorted(SOURCE.parent.glob("*.[ch]*"))
 
 _lock = threading.Lock()
 _library = None
@@ -100,7 +102,9 @@ def library_path():
     import tensorflow as tf
 
     key = hashlib.sha256()
-    key.update(SOURCE.read_bytes())
+    for source in SOURCES:
+        key.update(source.name.encode())
+        key.update(source.read_bytes())
     key.update(tf.__version__.encode())
     key.update(" ".join(_build_command("out")).encode())
     key.update(_cpu_signature().encode())
@@ -186,6 +190,12 @@ def library():
         return _library
 
 
+def kernels():
+    """What the loaded build runs (step kernels or Eigen, per dtype), or None."""
+    lib = library()
+    return None if lib is None else lib.keras_vrnn_kernels().numpy().decode()
+
+
 def unavailable_reason():
     """Why `library()` gave None (after a call), else None."""
     if not enabled():
@@ -195,4 +205,5 @@ def unavailable_reason():
 
 if __name__ == "__main__":  # python -m keras_vrnn.native: build now, say where
     print(build())
+    print(kernels())
     sys.exit(0)

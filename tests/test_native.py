@@ -48,20 +48,29 @@ def _empty(dtype):
     ]
     + [("tanh", False, True, True)],
 )
-def test_ops_match_reference(ref, dtype, tol, activation, use_bias, with_mask, with_probe):
+# float32 runs on the step kernels where the build has them: units cover
+# their column blocks (4: one partial vector; 21: 16 + a partial one; 24:
+# 16 + 8) and their row tiles (13 rows: 6 + 7 in two parts, 6 + 6 + 1 whole).
+@pytest.mark.parametrize("units", [4, 21, 24])
+def test_ops_match_reference(
+    ref, dtype, tol, activation, use_bias, with_mask, with_probe, units
+):
     lib = _lib()
-    # 7 rows in parts of >= 2 rows: uneven parts on any machine with 2+
+    # 13 rows in parts of >= 2 rows: uneven parts on any machine with 2+
     # intra-op threads (parts are one per thread).
-    p = ref.make_problem(seed=3, batch=7, timesteps=6, initial_state=True, use_bias=use_bias)
+    batch = 13
+    p = ref.make_problem(
+        seed=3, batch=batch, timesteps=6, units=units, initial_state=True, use_bias=use_bias
+    )
     rng = np.random.default_rng(4)
-    mask = (rng.random((7, 4)) > 0.4) / 0.6 if with_mask else None
+    mask = (rng.random((batch, units)) > 0.4) / 0.6 if with_mask else None
     cast = lambda a: tf.constant(np.asarray(a, dtype))  # noqa: E731
     expected = ref.rnn_reference(
         p["x"], p["W"], p["U"], p["b"], p["h0"], activation, False, True,
         c=p["c"], rec_mask=mask,
     )
     # A zero probe changes nothing forward; its gradient is dL/dh_t.
-    probe = cast(np.zeros((7, 6, 4))) if with_probe else _empty(dtype)
+    probe = cast(np.zeros((batch, 6, units))) if with_probe else _empty(dtype)
     args = [
         cast(p["x"]), cast(p["W"]),
         cast(p["b"]) if use_bias else _empty(dtype),
@@ -85,6 +94,58 @@ def test_ops_match_reference(ref, dtype, tol, activation, use_bias, with_mask, w
         ref.assert_rel_close(dh, expected["dh"], tol, "dh")
     else:
         assert dh.shape == (0,)
+
+
+def test_build_reports_its_kernels():
+    # On a CPU with AVX2 and FMA, -march=native builds the float32 step
+    # kernels; elsewhere every dtype runs on Eigen. The report says which.
+    _lib()
+    with open("/proc/cpuinfo") if os.path.exists("/proc/cpuinfo") else open(os.devnull) as f:
+        flags = set(" ".join(line for line in f if line.startswith("flags")).split())
+    expected = (
+        "float32: AVX2/FMA step kernels; float64: Eigen"
+        if {"avx2", "fma"} <= flags
+        else "float32, float64: Eigen"
+    )
+    assert native.kernels() == expected
+
+
+def test_one_timestep_and_one_row(ref):
+    # The smallest shapes: no step before the first (dU from h0 alone), and
+    # a part of one row, against the float64 reference.
+    lib = _lib()
+    for batch, timesteps in ((1, 1), (3, 1), (1, 4)):
+        p = ref.make_problem(seed=batch + timesteps, batch=batch, timesteps=timesteps,
+                             units=10, initial_state=True)
+        args = [tf.constant(p[k]) for k in ("x", "W", "b", "h0", "U")]
+        args += [_empty("float32"), _empty("float32")]
+        hs = lib.keras_vrnn_forward(*args, activation="tanh", min_part_rows=1)
+        dz, dh, dh0, d_kernel, d_bias, d_recurrent = lib.keras_vrnn_backward(
+            tf.constant(p["c"]), hs, *args, activation="tanh", min_part_rows=1
+        )
+        expected = ref.rnn_reference(
+            p["x"], p["W"], p["U"], p["b"], p["h0"], "tanh", False, True, c=p["c"]
+        )
+        for name, got in (("hs", hs), ("dh0", dh0), ("dW", d_kernel), ("db", d_bias),
+                          ("dU", d_recurrent)):
+            ref.assert_rel_close(got, expected[name], 1e-5, f"{name} {batch}x{timesteps}")
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_nan_propagates_as_in_float64(ref, activation):
+    # A NaN input poisons its row from that step on, in float32 (the step
+    # kernels, where built) exactly as in float64 (Eigen): relu(NaN) is NaN.
+    lib = _lib()
+    p = ref.make_problem(seed=11, batch=3, timesteps=5, units=10, initial_state=True)
+    p["x"][1, 2, 0] = np.nan
+    nan_at = {}
+    for dtype in ("float32", "float64"):
+        args = [tf.constant(np.asarray(p[k], dtype)) for k in ("x", "W", "b", "h0", "U")]
+        args += [_empty(dtype), _empty(dtype)]
+        nan_at[dtype] = np.isnan(lib.keras_vrnn_forward(*args, activation=activation))
+    np.testing.assert_array_equal(nan_at["float32"], nan_at["float64"])
+    assert nan_at["float32"][1, 2:].all() and not nan_at["float32"][[0, 2]].any()
+    assert not nan_at["float32"][1, :2].any()
 
 
 def test_parts_give_the_numbers_of_the_whole_batch(ref):
@@ -201,6 +262,12 @@ def test_cache_file_is_per_cpu_and_source(fresh_native, monkeypatch):
     monkeypatch.setattr(native, "_cpu_signature", lambda: "flags: another cpu")
     assert native.library_path() != first
     monkeypatch.undo()
+    # The header the source includes is part of the key as well.
+    header = fresh_native / "step_kernels.h"
+    header.write_text("// another version\n")
+    sources = [s for s in native.SOURCES if s.name != header.name] + [header]
+    monkeypatch.setattr(native, "SOURCES", sources)
+    assert native.library_path() != first
 
 
 def test_concurrent_builds_make_one_file(tmp_path):
@@ -215,7 +282,9 @@ def test_concurrent_builds_make_one_file(tmp_path):
     ]
     outputs = [proc.communicate(timeout=600) for proc in procs]
     assert [proc.returncode for proc in procs] == [0, 0], outputs
-    paths = {out.strip().splitlines()[-1] for out, _ in outputs}
+    # Each prints the library's path, then what it runs.
+    paths = {out.strip().splitlines()[-2] for out, _ in outputs}
     assert len(paths) == 1
+    assert all("Eigen" in out.strip().splitlines()[-1] for out, _ in outputs)
     assert sorted(p.suffix for p in tmp_path.iterdir()) == [".lock", ".so"]
     assert os.path.getsize(paths.pop()) > 0

@@ -2,18 +2,19 @@
 //
 //   forward:  hs[:, t] = act(x[:, t] @ W + b + (hs[:, t-1] * m) @ U) + probe[:, t]
 //   backward: dh_t = upstream[:, t] + carry, dz_t = dh_t * act'(z_t),
-//             carry = (dz_t @ U^T) * m, dU = sum_t (h_{t-1} * m)^T dz_t
-//             (accumulated step by step, while both operands are in cache),
+//             carry = (dz_t @ U^T) * m, dU = sum_t (h_{t-1} * m)^T dz_t,
 //             dW = sum_t x_t^T dz_t, db = sum_t dz_t
 //   (dL/dx = dZ @ W^T is left to TensorFlow, which prunes it when unused.)
 //
 // Why native code: on a CPU a vanilla RNN step is a tiny (batch, units) x
 // (units, units) product, so per-step framework overhead dominates, and this
 // TensorFlow wheel's own matmul kernels are built for a generic x86-64 CPU.
-// Compiled here for the host CPU (-march=native), Eigen's GEMM uses the
-// FMA/AVX units the machine has. Each call cuts the batch into parts that run
-// on TensorFlow's intra-op threads: every row of the batch is its own
-// recurrence, so the parts give exactly the numbers of the whole batch.
+// Compiled here for the host CPU (-march=native). In float32 on a CPU with
+// AVX2/FMA the steps run on the register-tiled kernels of step_kernels.h,
+// which fuse each step's products with its elementwise work; elsewhere
+// (float64, other CPUs) on Eigen's GEMM. Each call cuts the batch into parts
+// that run on TensorFlow's intra-op threads: every row of the batch is its
+// own recurrence, so the parts give exactly the numbers of the whole batch.
 //
 // Layout: batch-major, row-major, like the Keras layer: inputs x (B, S, D);
 // probe, upstream and hs (B, S, H); h0 and the recurrent-dropout mask m
@@ -24,9 +25,12 @@
 #include <algorithm>
 #include <cmath>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "Eigen/Core"
+#include "step_kernels.h"
+#include "tensorflow/core/framework/common_shape_fns.h"
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/shape_inference.h"
@@ -40,8 +44,6 @@ using ::tensorflow::Tensor;
 using ::tensorflow::TensorShape;
 using ::tensorflow::errors::InvalidArgument;
 using ::tensorflow::shape_inference::InferenceContext;
-
-enum class Activation { kTanh, kSigmoid, kRelu, kLinear };
 
 Activation ParseActivation(const std::string& name) {
   if (name == "tanh") return Activation::kTanh;
@@ -142,6 +144,17 @@ void StoreDz(Activation act, const A& a, const Matrix<T>& dh, Dz& dz) {
   return ::tensorflow::OkStatus();
 }
 
+// Whether the step kernels (step_kernels.h) run an op: float32 in a build
+// for a CPU with AVX2/FMA. Else Eigen.
+template <typename T>
+constexpr bool UseStepKernels() {
+#ifdef KERAS_VRNN_STEP_KERNELS
+  return std::is_same<T, float>::value;
+#else
+  return false;
+#endif
+}
+
 // Rows [begin, end) of the batch in `parts` near-equal parts.
 struct Partition {
   int64_t batch, parts;
@@ -228,6 +241,11 @@ class ForwardOp : public RecurrenceOp {
 
     RunParts(ctx, partition, [&](int64_t p) {
       const int64_t b0 = partition.begin(p), rows = partition.end(p) - b0;
+      if (UseStepKernels<T>()) {
+        return StepKernelsPart(b0, rows, length, features, units, x_data, kernel.flat<T>().data(),
+                               bias.NumElements() ? bias.flat<T>().data() : nullptr, h0_data,
+                               recurrent_kernel.flat<T>().data(), m_data, probe_data, hs_data);
+      }
       const Eigen::OuterStride<> stride(row_stride);
       // All steps of this part's rows projected at once, x W + b, into hs,
       // which each step then overwrites with its activation.
@@ -258,6 +276,37 @@ class ForwardOp : public RecurrenceOp {
         new (&h_prev) ConstStepView<T>(hs_data + offset, rows, units, stride);
       }
     });
+  }
+
+ private:
+  // Rows [b0, b0 + rows) by step_kernels::ForwardStep: the projection, bias
+  // and activation of a step in the same registers as its recurrent product.
+  void StepKernelsPart(int64_t b0, int64_t rows, int64_t length, int64_t features,
+                       int64_t units, const T* x, const T* w, const T* bias, const T* h0,
+                       const T* recurrent, const T* m, const T* probe, T* hs) const {
+#ifdef KERAS_VRNN_STEP_KERNELS
+    if constexpr (std::is_same<T, float>::value) {
+    namespace sk = step_kernels;
+    const int64_t row_stride = length * units;
+    Matrix<float> masked(m ? rows : 0, units);
+    Eigen::Map<const Matrix<float>> mask(m ? m + b0 * units : nullptr, m ? rows : 0, units);
+    sk::ConstBlock h_prev{h0 + b0 * units, units};
+    for (int64_t t = 0; t < length; ++t) {
+      const int64_t offset = b0 * row_stride + t * units;
+      if (m) {
+        masked = Eigen::Map<const Matrix<float>, 0, Eigen::OuterStride<>>(
+                     h_prev.data, rows, units, Eigen::OuterStride<>(h_prev.ld))
+                     .cwiseProduct(mask);
+        h_prev = sk::ConstBlock{masked.data(), units};
+      }
+      sk::ForwardStep(act_, rows, features, units,
+                      {x + (b0 * length + t) * features, length * features}, w, bias, h_prev,
+                      recurrent, {probe ? probe + offset : nullptr, row_stride},
+                      {hs + offset, row_stride});
+      h_prev = sk::ConstBlock{hs + offset, row_stride};
+    }
+    }
+#endif
   }
 };
 
@@ -315,8 +364,48 @@ class BackwardOp : public RecurrenceOp {
     std::vector<Matrix<T>> d_w_parts(partition.parts), d_recurrent_parts(partition.parts);
     std::vector<Matrix<T>> d_b_parts(partition.parts);
 
+    // U^T, row-major: the B operand of the backward step kernel.
+    const bool step_kernels = UseStepKernels<T>();
+    Matrix<T> recurrent_t;
+    if (step_kernels) recurrent_t = recurrent.transpose();
+
     RunParts(ctx, partition, [&](int64_t p) {
       const int64_t b0 = partition.begin(p), rows = partition.end(p) - b0;
+      d_recurrent_parts[p] = Matrix<T>::Zero(units, units);
+      d_w_parts[p] = Matrix<T>::Zero(features, units);
+      d_b_parts[p] = Matrix<T>::Zero(1, units);
+      if (step_kernels) {
+        StepKernelsLoop(b0, rows, length, features, units, g_data, hs_data, x_data, h0_data,
+                        m_data, probe_data, recurrent_t.data(), dz_data, dh_data, dh0_data,
+                        d_recurrent_parts[p].data(), d_w_parts[p].data(), d_b_parts[p].data());
+        return;
+      }
+      EigenLoop(b0, rows, length, units, g_data, hs_data, h0_data, m_data, probe_data,
+                recurrent, dz_data, dh_data, dh0_data, d_recurrent_parts[p]);
+      // dW = X^T dZ and db = column sums of dZ, single GEMMs over this
+      // part's rows * steps.
+      Eigen::Map<const Matrix<T>> dz_part(dz_data + b0 * row_stride, rows * length, units);
+      d_w_parts[p].noalias() =
+          Eigen::Map<const Matrix<T>>(x_data + b0 * length * features, rows * length, features)
+              .transpose() *
+          dz_part;
+      d_b_parts[p] = dz_part.colwise().sum();
+    });
+    for (int64_t p = 0; p < partition.parts; ++p) {
+      d_w += d_w_parts[p];
+      d_b += d_b_parts[p];
+      d_recurrent += d_recurrent_parts[p];
+    }
+  }
+
+ private:
+  // The BPTT loop over rows [b0, b0 + rows): fills dz (and dh with a probe)
+  // for every step, dh0, and accumulates d_recurrent, by Eigen.
+  void EigenLoop(int64_t b0, int64_t rows, int64_t length, int64_t units, const T* g_data,
+                 const T* hs_data, const T* h0_data, const T* m_data, const T* probe_data,
+                 const Eigen::Map<const Matrix<T>>& recurrent, T* dz_data, T* dh_data,
+                 T* dh0_data, Matrix<T>& d_recurrent) const {
+      const int64_t row_stride = length * units;
       Eigen::Map<const Matrix<T>> m(m_data ? m_data + b0 * units : nullptr,
                                      m_data ? rows : 0, units);
       const Eigen::OuterStride<> stride(row_stride);
@@ -324,7 +413,6 @@ class BackwardOp : public RecurrenceOp {
       // product carried back from step t+1 is accumulated.
       Matrix<T> grad(rows, units), carry(m_data ? rows : 0, units);
       Matrix<T> masked_prev(m_data ? rows : 0, units);
-      d_recurrent_parts[p] = Matrix<T>::Zero(units, units);
       for (int64_t t = length - 1; t >= 0; --t) {
         const int64_t offset = b0 * row_stride + t * units;
         if (t == length - 1) {
@@ -346,9 +434,9 @@ class BackwardOp : public RecurrenceOp {
                                      Eigen::OuterStride<>(units));
         if (m_data) {
           masked_prev = prev.cwiseProduct(m);
-          d_recurrent_parts[p].noalias() += masked_prev.transpose() * dz;
+          d_recurrent.noalias() += masked_prev.transpose() * dz;
         } else {
-          d_recurrent_parts[p].noalias() += prev.transpose() * dz;
+          d_recurrent.noalias() += prev.transpose() * dz;
         }
         // Next: dL/dh_{t-1} = upstream_{t-1} + (dz_t U^T) * m (dL/dh0 at t = 0).
         if (t > 0) {
@@ -364,21 +452,79 @@ class BackwardOp : public RecurrenceOp {
         }
       }
       Eigen::Map<Matrix<T>>(dh0_data + b0 * units, rows, units) = grad;
+  }
 
-      // dW = X^T dZ and db = column sums of dZ, single GEMMs over this
-      // part's rows * steps.
-      Eigen::Map<const Matrix<T>> dz_part(dz_data + b0 * row_stride, rows * length, units);
-      d_w_parts[p].noalias() =
-          Eigen::Map<const Matrix<T>>(x_data + b0 * length * features, rows * length, features)
-              .transpose() *
-          dz_part;
-      d_b_parts[p] = dz_part.colwise().sum();
-    });
-    for (int64_t p = 0; p < partition.parts; ++p) {
-      d_w += d_w_parts[p];
-      d_b += d_b_parts[p];
-      d_recurrent += d_recurrent_parts[p];
+  // EigenLoop by the step kernels: per step, dU += h_{t-1}^T dz_t, then one
+  // kernel that takes dz_t U^T to dL/dh_{t-1} and dz_{t-1} in registers.
+  void StepKernelsLoop(int64_t b0, int64_t rows, int64_t length, int64_t features,
+                       int64_t units, const T* g, const T* hs, const T* x, const T* h0,
+                       const T* m, const T* probe, const T* recurrent_t, T* dz, T* dh, T* dh0,
+                       T* d_recurrent, T* d_w, T* d_b) const {
+#ifdef KERAS_VRNN_STEP_KERNELS
+    if constexpr (std::is_same<T, float>::value) {
+    namespace sk = step_kernels;
+    const int64_t row_stride = length * units;
+    const Eigen::OuterStride<> stride(row_stride);
+    const sk::Act act = act_;
+    // The last step: dL/dh = its upstream gradient alone.
+    const int64_t last = b0 * row_stride + (length - 1) * units;
+    ConstStepView<float> g_last(g + last, rows, units, stride);
+    if (dh) StepView<float>(dh + last, rows, units, stride) = g_last;
+    StepView<float> dz_last(dz + last, rows, units, stride);
+    const Matrix<float> grad = g_last;
+    if (probe) {
+      StoreDz(act_, ConstStepView<float>(hs + last, rows, units, stride) -
+                        ConstStepView<float>(probe + last, rows, units, stride),
+              grad, dz_last);
+    } else {
+      StoreDz(act_, ConstStepView<float>(hs + last, rows, units, stride), grad, dz_last);
     }
+    Eigen::Map<const Matrix<float>> mask(m ? m + b0 * units : nullptr, m ? rows : 0, units);
+    Matrix<float> masked_prev(m ? rows : 0, units);
+    for (int64_t t = length - 1; t >= 0; --t) {
+      const int64_t offset = b0 * row_stride + t * units;
+      const sk::ConstBlock dz_t{dz + offset, row_stride};
+      const sk::ConstBlock prev = t > 0 ? sk::ConstBlock{hs + offset - units, row_stride}
+                                        : sk::ConstBlock{h0 + b0 * units, units};
+      if (m) {  // dU += (h_{t-1} * m)^T dz_t (after the loop when unmasked)
+        masked_prev = Eigen::Map<const Matrix<float>, 0, Eigen::OuterStride<>>(
+                          prev.data, rows, units, Eigen::OuterStride<>(prev.ld))
+                          .cwiseProduct(mask);
+        sk::AccumulateTransposedProduct(rows, units, units, {masked_prev.data(), units}, dz_t,
+                                        d_recurrent);
+      }
+      const auto at = [&](auto* data) {  // step t-1 of a (batch, steps, units) tensor
+        return sk::ConstBlock{t > 0 && data ? data + offset - units : nullptr, row_stride};
+      };
+      sk::Block grad_out{nullptr, row_stride}, dz_out{nullptr, row_stride};
+      if (t > 0) {
+        if (dh) grad_out.data = dh + offset - units;
+        dz_out.data = dz + offset - units;
+      } else {
+        grad_out = sk::Block{dh0 + b0 * units, units};
+      }
+      sk::BackwardStep(act, rows, units, dz_t, recurrent_t, at(g),
+                       sk::ConstBlock{m ? m + b0 * units : nullptr, units}, at(hs), at(probe),
+                       grad_out, dz_out);
+    }
+    if (!m) {
+      // Without a mask, dU = sum_t h_{t-1}^T dz_t after the loop, row by row
+      // of the batch: there h_{t-1} and dz_t are two contiguous blocks.
+      for (int64_t b = b0; b < b0 + rows; ++b) {
+        const float* h_b = hs + b * row_stride;
+        sk::AccumulateTransposedProduct(length - 1, units, units, {h_b, units},
+                                        {dz + b * row_stride + units, units}, d_recurrent);
+      }
+      sk::AccumulateTransposedProduct(rows, units, units, {h0 + b0 * units, units},
+                                      {dz + b0 * row_stride, row_stride}, d_recurrent);
+    }
+    // dW = X^T dZ and db = column sums of dZ over this part's rows * steps.
+    const sk::ConstBlock dz_all{dz + b0 * row_stride, units};
+    sk::AccumulateTransposedProduct(rows * length, features, units,
+                                    {x + b0 * length * features, features}, dz_all, d_w);
+    sk::AccumulateColumnSums(rows * length, units, dz_all, d_b);
+    }
+#endif
   }
 };
 
@@ -440,5 +586,23 @@ REGISTER_OP("KerasVrnnBackward")
 
 REGISTER_KERNELS(float);
 REGISTER_KERNELS(double);
+
+// Which code this build runs, for tests and benchmarks to check and print.
+class KernelsOp : public OpKernel {
+ public:
+  using OpKernel::OpKernel;
+  void Compute(OpKernelContext* ctx) override {
+    Tensor* out = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({}), &out));
+    out->scalar<::tensorflow::tstring>()() =
+        UseStepKernels<float>() ? "float32: AVX2/FMA step kernels; float64: Eigen"
+                                : "float32, float64: Eigen";
+  }
+};
+
+REGISTER_OP("KerasVrnnKernels")
+    .Output("description: string")
+    .SetShapeFn(::tensorflow::shape_inference::ScalarShape);
+REGISTER_KERNEL_BUILDER(Name("KerasVrnnKernels").Device(::tensorflow::DEVICE_CPU), KernelsOp);
 
 }  // namespace keras_vrnn
