@@ -299,6 +299,10 @@ class ForwardOp : public RecurrenceOp {
                      .cwiseProduct(mask);
         h_prev = sk::ConstBlock{masked.data(), units};
       }
+      if (t + 1 < length) {  // the next step's inputs (and probe)
+        sk::PrefetchRows(rows, features, {x + (b0 * length + t + 1) * features, length * features});
+        if (probe) sk::PrefetchRows(rows, units, {probe + offset + units, row_stride});
+      }
       sk::ForwardStep(act_, rows, features, units,
                       {x + (b0 * length + t) * features, length * features}, w, bias, h_prev,
                       recurrent, {probe ? probe + offset : nullptr, row_stride},
@@ -502,6 +506,11 @@ class BackwardOp : public RecurrenceOp {
         dz_out.data = dz + offset - units;
       } else {
         grad_out = sk::Block{dh0 + b0 * units, units};
+      }
+      if (t > 1) {  // what the next step's BackwardStep reads beside dz
+        for (const float* data : {g, hs, probe}) {
+          if (data) sk::PrefetchRows(rows, units, {data + offset - 2 * units, row_stride});
+        }
       }
       sk::BackwardStep(act, rows, units, dz_t, recurrent_t, at(g),
                        sk::ConstBlock{m ? m + b0 * units : nullptr, units}, at(hs), at(probe),
