@@ -133,7 +133,9 @@ __attribute__((always_inline)) inline Tile<R, V> AccumulateColumnsOfA(
 template <int V, int P, typename F>
 inline void RowBlocks(int64_t rows, const Columns& columns, F& tile) {
   int64_t i = 0;
-  for (; i + kTileRows <= rows; i += kTileRows) tile(Int<kTileRows>(), Int<V>(), Int<P>(), i, columns);
+  for (; i + kTileRows <= rows; i += kTileRows) {
+    tile(Int<kTileRows>(), Int<V>(), Int<P>(), i, columns);
+  }
   switch (rows - i) {
     case 5: tile(Int<5>(), Int<V>(), Int<P>(), i, columns); break;
     case 4: tile(Int<4>(), Int<V>(), Int<P>(), i, columns); break;
@@ -329,7 +331,9 @@ inline void BackwardStep(Act act, int64_t rows, int64_t units, ConstBlock dz, co
         __m256 g = acc.v[r][v];
         if (mask.data) {
           g = _mm256_mul_ps(g, Load<P>(at(mask.data, mask.ld, r, v), lanes));
-          if (upstream.data) g = _mm256_add_ps(g, Load<P>(at(upstream.data, upstream.ld, r, v), lanes));
+          if (upstream.data) {
+            g = _mm256_add_ps(g, Load<P>(at(upstream.data, upstream.ld, r, v), lanes));
+          }
         }
         if (grad_out.data) Store<P>(at(grad_out.data, grad_out.ld, r, v), lanes, g);
         if (dz_out.data) {

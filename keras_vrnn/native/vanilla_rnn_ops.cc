@@ -286,29 +286,30 @@ class ForwardOp : public RecurrenceOp {
                        const T* recurrent, const T* m, const T* probe, T* hs) const {
 #ifdef KERAS_VRNN_STEP_KERNELS
     if constexpr (std::is_same<T, float>::value) {
-    namespace sk = step_kernels;
-    const int64_t row_stride = length * units;
-    Matrix<float> masked(m ? rows : 0, units);
-    Eigen::Map<const Matrix<float>> mask(m ? m + b0 * units : nullptr, m ? rows : 0, units);
-    sk::ConstBlock h_prev{h0 + b0 * units, units};
-    for (int64_t t = 0; t < length; ++t) {
-      const int64_t offset = b0 * row_stride + t * units;
-      if (m) {
-        masked = Eigen::Map<const Matrix<float>, 0, Eigen::OuterStride<>>(
-                     h_prev.data, rows, units, Eigen::OuterStride<>(h_prev.ld))
-                     .cwiseProduct(mask);
-        h_prev = sk::ConstBlock{masked.data(), units};
+      namespace sk = step_kernels;
+      const int64_t row_stride = length * units;
+      Matrix<float> masked(m ? rows : 0, units);
+      Eigen::Map<const Matrix<float>> mask(m ? m + b0 * units : nullptr, m ? rows : 0, units);
+      sk::ConstBlock h_prev{h0 + b0 * units, units};
+      for (int64_t t = 0; t < length; ++t) {
+        const int64_t offset = b0 * row_stride + t * units;
+        if (m) {
+          masked = Eigen::Map<const Matrix<float>, 0, Eigen::OuterStride<>>(
+                       h_prev.data, rows, units, Eigen::OuterStride<>(h_prev.ld))
+                       .cwiseProduct(mask);
+          h_prev = sk::ConstBlock{masked.data(), units};
+        }
+        if (t + 1 < length) {  // the next step's inputs (and probe)
+          sk::PrefetchRows(rows, features,
+                           {x + (b0 * length + t + 1) * features, length * features});
+          if (probe) sk::PrefetchRows(rows, units, {probe + offset + units, row_stride});
+        }
+        sk::ForwardStep(act_, rows, features, units,
+                        {x + (b0 * length + t) * features, length * features}, w, bias, h_prev,
+                        recurrent, {probe ? probe + offset : nullptr, row_stride},
+                        {hs + offset, row_stride});
+        h_prev = sk::ConstBlock{hs + offset, row_stride};
       }
-      if (t + 1 < length) {  // the next step's inputs (and probe)
-        sk::PrefetchRows(rows, features, {x + (b0 * length + t + 1) * features, length * features});
-        if (probe) sk::PrefetchRows(rows, units, {probe + offset + units, row_stride});
-      }
-      sk::ForwardStep(act_, rows, features, units,
-                      {x + (b0 * length + t) * features, length * features}, w, bias, h_prev,
-                      recurrent, {probe ? probe + offset : nullptr, row_stride},
-                      {hs + offset, row_stride});
-      h_prev = sk::ConstBlock{hs + offset, row_stride};
-    }
     }
 #endif
   }
@@ -466,72 +467,72 @@ class BackwardOp : public RecurrenceOp {
                        T* d_recurrent, T* d_w, T* d_b) const {
 #ifdef KERAS_VRNN_STEP_KERNELS
     if constexpr (std::is_same<T, float>::value) {
-    namespace sk = step_kernels;
-    const int64_t row_stride = length * units;
-    const Eigen::OuterStride<> stride(row_stride);
-    const sk::Act act = act_;
-    // The last step: dL/dh = its upstream gradient alone.
-    const int64_t last = b0 * row_stride + (length - 1) * units;
-    ConstStepView<float> g_last(g + last, rows, units, stride);
-    if (dh) StepView<float>(dh + last, rows, units, stride) = g_last;
-    StepView<float> dz_last(dz + last, rows, units, stride);
-    const Matrix<float> grad = g_last;
-    if (probe) {
-      StoreDz(act_, ConstStepView<float>(hs + last, rows, units, stride) -
-                        ConstStepView<float>(probe + last, rows, units, stride),
-              grad, dz_last);
-    } else {
-      StoreDz(act_, ConstStepView<float>(hs + last, rows, units, stride), grad, dz_last);
-    }
-    Eigen::Map<const Matrix<float>> mask(m ? m + b0 * units : nullptr, m ? rows : 0, units);
-    Matrix<float> masked_prev(m ? rows : 0, units);
-    for (int64_t t = length - 1; t >= 0; --t) {
-      const int64_t offset = b0 * row_stride + t * units;
-      const sk::ConstBlock dz_t{dz + offset, row_stride};
-      const sk::ConstBlock prev = t > 0 ? sk::ConstBlock{hs + offset - units, row_stride}
-                                        : sk::ConstBlock{h0 + b0 * units, units};
-      if (m) {  // dU += (h_{t-1} * m)^T dz_t (after the loop when unmasked)
-        masked_prev = Eigen::Map<const Matrix<float>, 0, Eigen::OuterStride<>>(
-                          prev.data, rows, units, Eigen::OuterStride<>(prev.ld))
-                          .cwiseProduct(mask);
-        sk::AccumulateTransposedProduct(rows, units, units, {masked_prev.data(), units}, dz_t,
-                                        d_recurrent);
-      }
-      const auto at = [&](auto* data) {  // step t-1 of a (batch, steps, units) tensor
-        return sk::ConstBlock{t > 0 && data ? data + offset - units : nullptr, row_stride};
-      };
-      sk::Block grad_out{nullptr, row_stride}, dz_out{nullptr, row_stride};
-      if (t > 0) {
-        if (dh) grad_out.data = dh + offset - units;
-        dz_out.data = dz + offset - units;
+      namespace sk = step_kernels;
+      const int64_t row_stride = length * units;
+      const Eigen::OuterStride<> stride(row_stride);
+      const sk::Act act = act_;
+      // The last step: dL/dh = its upstream gradient alone.
+      const int64_t last = b0 * row_stride + (length - 1) * units;
+      ConstStepView<float> g_last(g + last, rows, units, stride);
+      if (dh) StepView<float>(dh + last, rows, units, stride) = g_last;
+      StepView<float> dz_last(dz + last, rows, units, stride);
+      const Matrix<float> grad = g_last;
+      if (probe) {
+        StoreDz(act_, ConstStepView<float>(hs + last, rows, units, stride) -
+                          ConstStepView<float>(probe + last, rows, units, stride),
+                grad, dz_last);
       } else {
-        grad_out = sk::Block{dh0 + b0 * units, units};
+        StoreDz(act_, ConstStepView<float>(hs + last, rows, units, stride), grad, dz_last);
       }
-      if (t > 1) {  // what the next step's BackwardStep reads beside dz
-        for (const float* data : {g, hs, probe}) {
-          if (data) sk::PrefetchRows(rows, units, {data + offset - 2 * units, row_stride});
+      Eigen::Map<const Matrix<float>> mask(m ? m + b0 * units : nullptr, m ? rows : 0, units);
+      Matrix<float> masked_prev(m ? rows : 0, units);
+      for (int64_t t = length - 1; t >= 0; --t) {
+        const int64_t offset = b0 * row_stride + t * units;
+        const sk::ConstBlock dz_t{dz + offset, row_stride};
+        const sk::ConstBlock prev = t > 0 ? sk::ConstBlock{hs + offset - units, row_stride}
+                                          : sk::ConstBlock{h0 + b0 * units, units};
+        if (m) {  // dU += (h_{t-1} * m)^T dz_t (after the loop when unmasked)
+          masked_prev = Eigen::Map<const Matrix<float>, 0, Eigen::OuterStride<>>(
+                            prev.data, rows, units, Eigen::OuterStride<>(prev.ld))
+                            .cwiseProduct(mask);
+          sk::AccumulateTransposedProduct(rows, units, units, {masked_prev.data(), units}, dz_t,
+                                          d_recurrent);
         }
+        const auto at = [&](auto* data) {  // step t-1 of a (batch, steps, units) tensor
+          return sk::ConstBlock{t > 0 && data ? data + offset - units : nullptr, row_stride};
+        };
+        sk::Block grad_out{nullptr, row_stride}, dz_out{nullptr, row_stride};
+        if (t > 0) {
+          if (dh) grad_out.data = dh + offset - units;
+          dz_out.data = dz + offset - units;
+        } else {
+          grad_out = sk::Block{dh0 + b0 * units, units};
+        }
+        if (t > 1) {  // what the next step's BackwardStep reads beside dz
+          for (const float* data : {g, hs, probe}) {
+            if (data) sk::PrefetchRows(rows, units, {data + offset - 2 * units, row_stride});
+          }
+        }
+        sk::BackwardStep(act, rows, units, dz_t, recurrent_t, at(g),
+                         sk::ConstBlock{m ? m + b0 * units : nullptr, units}, at(hs), at(probe),
+                         grad_out, dz_out);
       }
-      sk::BackwardStep(act, rows, units, dz_t, recurrent_t, at(g),
-                       sk::ConstBlock{m ? m + b0 * units : nullptr, units}, at(hs), at(probe),
-                       grad_out, dz_out);
-    }
-    if (!m) {
-      // Without a mask, dU = sum_t h_{t-1}^T dz_t after the loop, row by row
-      // of the batch: there h_{t-1} and dz_t are two contiguous blocks.
-      for (int64_t b = b0; b < b0 + rows; ++b) {
-        const float* h_b = hs + b * row_stride;
-        sk::AccumulateTransposedProduct(length - 1, units, units, {h_b, units},
-                                        {dz + b * row_stride + units, units}, d_recurrent);
+      if (!m) {
+        // Without a mask, dU = sum_t h_{t-1}^T dz_t after the loop, row by row
+        // of the batch: there h_{t-1} and dz_t are two contiguous blocks.
+        for (int64_t b = b0; b < b0 + rows; ++b) {
+          const float* h_b = hs + b * row_stride;
+          sk::AccumulateTransposedProduct(length - 1, units, units, {h_b, units},
+                                          {dz + b * row_stride + units, units}, d_recurrent);
+        }
+        sk::AccumulateTransposedProduct(rows, units, units, {h0 + b0 * units, units},
+                                        {dz + b0 * row_stride, row_stride}, d_recurrent);
       }
-      sk::AccumulateTransposedProduct(rows, units, units, {h0 + b0 * units, units},
-                                      {dz + b0 * row_stride, row_stride}, d_recurrent);
-    }
-    // dW = X^T dZ and db = column sums of dZ over this part's rows * steps.
-    const sk::ConstBlock dz_all{dz + b0 * row_stride, units};
-    sk::AccumulateTransposedProduct(rows * length, features, units,
-                                    {x + b0 * length * features, features}, dz_all, d_w);
-    sk::AccumulateColumnSums(rows * length, units, dz_all, d_b);
+      // dW = X^T dZ and db = column sums of dZ over this part's rows * steps.
+      const sk::ConstBlock dz_all{dz + b0 * row_stride, units};
+      sk::AccumulateTransposedProduct(rows * length, features, units,
+                                      {x + b0 * length * features, features}, dz_all, d_w);
+      sk::AccumulateColumnSums(rows * length, units, dz_all, d_b);
     }
 #endif
   }
