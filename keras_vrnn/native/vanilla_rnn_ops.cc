@@ -80,8 +80,9 @@ void Activate(Activation act, Z& z) {
 }
 
 // dz = dh * act'(z), act' written in terms of a = act(z), stored into dz.
-template <typename T, typename A, typename Dz>
-void StoreDz(Activation act, const A& a, const Matrix<T>& dh, Dz& dz) {
+template <typename A, typename Dh, typename Dz>
+void StoreDz(Activation act, const A& a, const Dh& dh, Dz& dz) {
+  using T = typename Dz::Scalar;
   switch (act) {
     case Activation::kTanh:
       dz = (dh.array() * (T(1) - a.array() * a.array())).matrix();
@@ -96,6 +97,31 @@ void StoreDz(Activation act, const A& a, const Matrix<T>& dh, Dz& dz) {
       dz = dh;
       break;
   }
+}
+
+// StoreDz for the step at `offset` of (batch, steps, units) tensors, where
+// act(z) = hs - probe (probe may be null) and dz is written in place.
+template <typename T, typename Dh>
+void StoreStepDz(Activation act, const T* hs, const T* probe, int64_t offset, int64_t rows,
+                 int64_t units, const Eigen::OuterStride<>& stride, const Dh& dh, T* dz_data) {
+  Eigen::Map<Matrix<T>, 0, Eigen::OuterStride<>> dz(dz_data + offset, rows, units, stride);
+  Eigen::Map<const Matrix<T>, 0, Eigen::OuterStride<>> h(hs + offset, rows, units, stride);
+  if (probe) {
+    StoreDz(act, h - Eigen::Map<const Matrix<T>, 0, Eigen::OuterStride<>>(probe + offset, rows,
+                                                                          units, stride),
+            dh, dz);
+  } else {
+    StoreDz(act, h, dh, dz);
+  }
+}
+
+// `name` must be a (rows, cols) matrix.
+::tensorflow::Status CheckMatrix(const char* name, const Tensor& t, int64_t rows, int64_t cols) {
+  if (t.dims() != 2 || t.dim_size(0) != rows || t.dim_size(1) != cols) {
+    return InvalidArgument(name, " must be (", rows, ", ", cols, "). Received shape ",
+                           t.shape().DebugString());
+  }
+  return ::tensorflow::OkStatus();
 }
 
 // Checks shared by both ops; sets batch, length, features, units.
@@ -117,20 +143,12 @@ void StoreDz(Activation act, const A& a, const Matrix<T>& dh, Dz& dz) {
                            h0.shape().DebugString());
   }
   *units = h0.dim_size(1);
-  if (kernel.dims() != 2 || kernel.dim_size(0) != *features ||
-      kernel.dim_size(1) != *units) {
-    return InvalidArgument("kernel must be (", *features, ", ", *units,
-                           "). Received shape ", kernel.shape().DebugString());
-  }
+  TF_RETURN_IF_ERROR(CheckMatrix("kernel", kernel, *features, *units));
   if (bias.NumElements() != 0 && (bias.dims() != 1 || bias.dim_size(0) != *units)) {
     return InvalidArgument("bias must be empty or (", *units, ",). Received shape ",
                            bias.shape().DebugString());
   }
-  if (recurrent.dims() != 2 || recurrent.dim_size(0) != *units ||
-      recurrent.dim_size(1) != *units) {
-    return InvalidArgument("recurrent_kernel must be (", *units, ", ", *units,
-                           "). Received shape ", recurrent.shape().DebugString());
-  }
+  TF_RETURN_IF_ERROR(CheckMatrix("recurrent_kernel", recurrent, *units, *units));
   if (mask.NumElements() != 0 && mask.shape() != h0.shape()) {
     return InvalidArgument("rec_mask must be empty or shaped like h0 ",
                            h0.shape().DebugString(), ". Received shape ",
@@ -154,6 +172,18 @@ constexpr bool UseStepKernels() {
   return false;
 #endif
 }
+
+#ifdef KERAS_VRNN_STEP_KERNELS
+// block * mask (rows, units) into `out`: h_{t-1} as recurrent dropout sees it.
+step_kernels::ConstBlock MaskedRows(step_kernels::ConstBlock block,
+                                    const Eigen::Map<const Matrix<float>>& mask,
+                                    Matrix<float>* out) {
+  *out = Eigen::Map<const Matrix<float>, 0, Eigen::OuterStride<>>(
+             block.data, mask.rows(), mask.cols(), Eigen::OuterStride<>(block.ld))
+             .cwiseProduct(mask);
+  return {out->data(), out->cols()};
+}
+#endif
 
 // Rows [begin, end) of the batch in `parts` near-equal parts.
 struct Partition {
@@ -293,12 +323,7 @@ class ForwardOp : public RecurrenceOp {
       sk::ConstBlock h_prev{h0 + b0 * units, units};
       for (int64_t t = 0; t < length; ++t) {
         const int64_t offset = b0 * row_stride + t * units;
-        if (m) {
-          masked = Eigen::Map<const Matrix<float>, 0, Eigen::OuterStride<>>(
-                       h_prev.data, rows, units, Eigen::OuterStride<>(h_prev.ld))
-                       .cwiseProduct(mask);
-          h_prev = sk::ConstBlock{masked.data(), units};
-        }
+        if (m) h_prev = MaskedRows(h_prev, mask, &masked);
         if (t + 1 < length) {  // the next step's inputs (and probe)
           sk::PrefetchRows(rows, features,
                            {x + (b0 * length + t + 1) * features, length * features});
@@ -410,57 +435,52 @@ class BackwardOp : public RecurrenceOp {
                  const T* hs_data, const T* h0_data, const T* m_data, const T* probe_data,
                  const Eigen::Map<const Matrix<T>>& recurrent, T* dz_data, T* dh_data,
                  T* dh0_data, Matrix<T>& d_recurrent) const {
-      const int64_t row_stride = length * units;
-      Eigen::Map<const Matrix<T>> m(m_data ? m_data + b0 * units : nullptr,
-                                     m_data ? rows : 0, units);
-      const Eigen::OuterStride<> stride(row_stride);
-      // grad = dL/dh_t: the upstream gradient of step t, into which the
-      // product carried back from step t+1 is accumulated.
-      Matrix<T> grad(rows, units), carry(m_data ? rows : 0, units);
-      Matrix<T> masked_prev(m_data ? rows : 0, units);
-      for (int64_t t = length - 1; t >= 0; --t) {
-        const int64_t offset = b0 * row_stride + t * units;
-        if (t == length - 1) {
-          grad = ConstStepView<T>(g_data + offset, rows, units, stride);
-        }
-        if (dh_data) StepView<T>(dh_data + offset, rows, units, stride) = grad;
-        StepView<T> dz(dz_data + offset, rows, units, stride);
-        ConstStepView<T> h(hs_data + offset, rows, units, stride);
-        if (probe_data) {
-          StoreDz(act_, h - ConstStepView<T>(probe_data + offset, rows, units, stride),
-                  grad, dz);
-        } else {
-          StoreDz(act_, h, grad, dz);
-        }
-        // dU += (h_{t-1} * m)^T dz_t, while both are in cache.
-        ConstStepView<T> prev =
-            t > 0 ? ConstStepView<T>(hs_data + offset - units, rows, units, stride)
-                  : ConstStepView<T>(h0_data + b0 * units, rows, units,
-                                     Eigen::OuterStride<>(units));
-        if (m_data) {
-          masked_prev = prev.cwiseProduct(m);
-          d_recurrent.noalias() += masked_prev.transpose() * dz;
-        } else {
-          d_recurrent.noalias() += prev.transpose() * dz;
-        }
-        // Next: dL/dh_{t-1} = upstream_{t-1} + (dz_t U^T) * m (dL/dh0 at t = 0).
-        if (t > 0) {
-          grad = ConstStepView<T>(g_data + offset - units, rows, units, stride);
-        } else {
-          grad.setZero();
-        }
-        if (m_data) {
-          carry.noalias() = dz * recurrent.transpose();
-          grad.array() += carry.array() * m.array();
-        } else {
-          grad.noalias() += dz * recurrent.transpose();
-        }
+    const int64_t row_stride = length * units;
+    Eigen::Map<const Matrix<T>> m(m_data ? m_data + b0 * units : nullptr,
+                                   m_data ? rows : 0, units);
+    const Eigen::OuterStride<> stride(row_stride);
+    // grad = dL/dh_t: the upstream gradient of step t, into which the
+    // product carried back from step t+1 is accumulated.
+    Matrix<T> grad(rows, units), carry(m_data ? rows : 0, units);
+    Matrix<T> masked_prev(m_data ? rows : 0, units);
+    for (int64_t t = length - 1; t >= 0; --t) {
+      const int64_t offset = b0 * row_stride + t * units;
+      if (t == length - 1) {
+        grad = ConstStepView<T>(g_data + offset, rows, units, stride);
       }
-      Eigen::Map<Matrix<T>>(dh0_data + b0 * units, rows, units) = grad;
+      if (dh_data) StepView<T>(dh_data + offset, rows, units, stride) = grad;
+      StoreStepDz(act_, hs_data, probe_data, offset, rows, units, stride, grad, dz_data);
+      ConstStepView<T> dz(dz_data + offset, rows, units, stride);
+      // dU += (h_{t-1} * m)^T dz_t, while both are in cache.
+      ConstStepView<T> prev =
+          t > 0 ? ConstStepView<T>(hs_data + offset - units, rows, units, stride)
+                : ConstStepView<T>(h0_data + b0 * units, rows, units,
+                                   Eigen::OuterStride<>(units));
+      if (m_data) {
+        masked_prev = prev.cwiseProduct(m);
+        d_recurrent.noalias() += masked_prev.transpose() * dz;
+      } else {
+        d_recurrent.noalias() += prev.transpose() * dz;
+      }
+      // Next: dL/dh_{t-1} = upstream_{t-1} + (dz_t U^T) * m (dL/dh0 at t = 0).
+      if (t > 0) {
+        grad = ConstStepView<T>(g_data + offset - units, rows, units, stride);
+      } else {
+        grad.setZero();
+      }
+      if (m_data) {
+        carry.noalias() = dz * recurrent.transpose();
+        grad.array() += carry.array() * m.array();
+      } else {
+        grad.noalias() += dz * recurrent.transpose();
+      }
+    }
+    Eigen::Map<Matrix<T>>(dh0_data + b0 * units, rows, units) = grad;
   }
 
-  // EigenLoop by the step kernels: per step, dU += h_{t-1}^T dz_t, then one
-  // kernel that takes dz_t U^T to dL/dh_{t-1} and dz_{t-1} in registers.
+  // EigenLoop by the step kernels, plus dW and db: per step one kernel takes
+  // dz_t U^T to dL/dh_{t-1} and dz_{t-1} in registers; dU (per step only with
+  // a mask), dW and db are accumulated after the loop.
   void StepKernelsLoop(int64_t b0, int64_t rows, int64_t length, int64_t features,
                        int64_t units, const T* g, const T* hs, const T* x, const T* h0,
                        const T* m, const T* probe, const T* recurrent_t, T* dz, T* dh, T* dh0,
@@ -475,15 +495,7 @@ class BackwardOp : public RecurrenceOp {
       const int64_t last = b0 * row_stride + (length - 1) * units;
       ConstStepView<float> g_last(g + last, rows, units, stride);
       if (dh) StepView<float>(dh + last, rows, units, stride) = g_last;
-      StepView<float> dz_last(dz + last, rows, units, stride);
-      const Matrix<float> grad = g_last;
-      if (probe) {
-        StoreDz(act_, ConstStepView<float>(hs + last, rows, units, stride) -
-                          ConstStepView<float>(probe + last, rows, units, stride),
-                grad, dz_last);
-      } else {
-        StoreDz(act_, ConstStepView<float>(hs + last, rows, units, stride), grad, dz_last);
-      }
+      StoreStepDz(act_, hs, probe, last, rows, units, stride, g_last, dz);
       Eigen::Map<const Matrix<float>> mask(m ? m + b0 * units : nullptr, m ? rows : 0, units);
       Matrix<float> masked_prev(m ? rows : 0, units);
       for (int64_t t = length - 1; t >= 0; --t) {
@@ -492,10 +504,8 @@ class BackwardOp : public RecurrenceOp {
         const sk::ConstBlock prev = t > 0 ? sk::ConstBlock{hs + offset - units, row_stride}
                                           : sk::ConstBlock{h0 + b0 * units, units};
         if (m) {  // dU += (h_{t-1} * m)^T dz_t (after the loop when unmasked)
-          masked_prev = Eigen::Map<const Matrix<float>, 0, Eigen::OuterStride<>>(
-                            prev.data, rows, units, Eigen::OuterStride<>(prev.ld))
-                            .cwiseProduct(mask);
-          sk::AccumulateTransposedProduct(rows, units, units, {masked_prev.data(), units}, dz_t,
+          sk::AccumulateTransposedProduct(rows, units, units,
+                                          MaskedRows(prev, mask, &masked_prev), dz_t,
                                           d_recurrent);
         }
         const auto at = [&](auto* data) {  // step t-1 of a (batch, steps, units) tensor
