@@ -22,6 +22,11 @@ Also printed per size:
   TensorFlow's kernels). An implementation using these kernels beats
   SimpleRNN by more than this only as far as it overlaps the two parts.
 
+Backends: TensorFlow (the default; the native kernels on a CPU) and JAX
+(`KERAS_BACKEND=jax`: the `lax.scan` fused path, on whatever device JAX
+uses, a GPU included; no gradient-norm row there, the diagnostics run on
+TensorFlow only).
+
 Usage: python benchmarks/benchmark.py [--rounds 40] [--json out.json]  (about 75 s on 2 cores)
 """
 
@@ -69,49 +74,31 @@ def timed(fn):
 
 
 def matmul_limit(B, T, D, H, repeats=20):
-    """Seconds of the bare matmuls of one train step and of one inference."""
-    import tensorflow as tf
+    """Seconds of the bare matmuls of one train step and of one inference.
 
+    Measured with the running backend's own kernels: TensorFlow (through its
+    executor and XLA-compiled, the faster of the two) or JAX (jitted).
+    """
     rng = np.random.default_rng(0)
-    h = tf.constant(rng.standard_normal((B, H)), tf.float32)
-    u = tf.constant(rng.standard_normal((H, H)) / np.sqrt(H), tf.float32)
-    xs = tf.constant(rng.standard_normal((B * T, D)), tf.float32)
-    w = tf.constant(rng.standard_normal((D, H)), tf.float32)
-    z = tf.constant(rng.standard_normal((B * T, H)), tf.float32)
+    arrays = {
+        "h": rng.standard_normal((B, H)),
+        "u": rng.standard_normal((H, H)) / np.sqrt(H),
+        "xs": rng.standard_normal((B * T, D)),
+        "w": rng.standard_normal((D, H)),
+        "z": rng.standard_normal((B * T, H)),
+    }
+    arrays = {k: v.astype("float32") for k, v in arrays.items()}
     chain = 50
+    import keras
 
-    @tf.function
-    def sequential():  # `chain` dependent (B,H)x(H,H) products, no loop
-        a = h
-        for _ in range(chain):
-            a = tf.matmul(a, u)
-        return a
-
-    @tf.function
-    def projection():
-        return tf.matmul(xs, w)
-
-    @tf.function
-    def recurrent_kernel_grad():  # dW_hh = H^T dZ
-        return tf.matmul(z, z, transpose_a=True)
-
-    @tf.function
-    def kernel_grad():  # dW_xh = X^T dZ
-        return tf.matmul(xs, z, transpose_a=True)
-
-    def best(fn):
-        # The bare products run both through the TF executor and XLA-compiled;
-        # the faster of the two is the limit (XLA has less per-op overhead on
-        # small shapes, Eigen's threaded GEMMs win on large ones).
-        variants = (fn, tf.function(fn.python_function, jit_compile=True))
-        for variant in variants:
-            variant()
-        return min(timed(v) for v in variants for _ in range(repeats))
-
-    per_step = best(sequential) / chain
-    proj = best(projection)
-    grad_hh = best(recurrent_kernel_grad)
-    grad_xh = best(kernel_grad)
+    if keras.backend.backend() == "jax":
+        times = _bare_matmul_times_jax(arrays, chain, repeats)
+    else:
+        times = _bare_matmul_times_tf(arrays, chain, repeats)
+    per_step = times["sequential"] / chain
+    proj, grad_hh, grad_xh = (
+        times[k] for k in ("projection", "recurrent_kernel_grad", "kernel_grad")
+    )
     # "recurrent_*": the products only a recurrent layer has to do (what the
     # NoRecurrence model of `build_pair` leaves out).
     return {
@@ -122,6 +109,60 @@ def matmul_limit(B, T, D, H, repeats=20):
     }
 
 
+def _bare_products(matmul, matmul_t, a, chain):
+    """The products `matmul_limit` times; matmul_t(p, q) is p^T q."""
+
+    def sequential():  # `chain` dependent (B,H)x(H,H) products, no loop
+        h = a["h"]
+        for _ in range(chain):
+            h = matmul(h, a["u"])
+        return h
+
+    return {
+        "sequential": sequential,
+        "projection": lambda: matmul(a["xs"], a["w"]),
+        "recurrent_kernel_grad": lambda: matmul_t(a["z"], a["z"]),  # dW_hh = H^T dZ
+        "kernel_grad": lambda: matmul_t(a["xs"], a["z"]),  # dW_xh = X^T dZ
+    }
+
+
+def _bare_matmul_times_tf(arrays, chain, repeats):
+    import tensorflow as tf
+
+    a = {k: tf.constant(v) for k, v in arrays.items()}
+    times = {}
+    products = _bare_products(
+        tf.matmul, lambda p, q: tf.matmul(p, q, transpose_a=True), a, chain
+    )
+    for name, fn in products.items():
+        # Through the TF executor and XLA-compiled: the faster of the two is
+        # the limit (XLA has less per-op overhead on small shapes, Eigen's
+        # threaded GEMMs win on large ones).
+        variants = (tf.function(fn), tf.function(fn, jit_compile=True))
+        for variant in variants:
+            variant()
+        times[name] = min(timed(v) for v in variants for _ in range(repeats))
+    return times
+
+
+def _bare_matmul_times_jax(arrays, chain, repeats):
+    import jax
+    import jax.numpy as jnp
+
+    times = {}
+    a = {k: jax.device_put(v) for k, v in arrays.items()}
+    for name in _bare_products(jnp.matmul, None, a, chain):
+        # The operands are arguments, not closed-over constants, which XLA
+        # would fold at compile time.
+        def fn(a, name=name):
+            return _bare_products(jnp.matmul, lambda p, q: p.T @ q, a, chain)[name]()
+
+        jitted = jax.jit(fn)
+        jitted(a).block_until_ready()
+        times[name] = min(timed(lambda: jitted(a).block_until_ready()) for _ in range(repeats))
+    return times
+
+
 def flops(B, T, D, H):
     forward = 2 * B * T * (D * H + H * H + H)
     backward = 2 * B * T * (2 * H * H + D * H + 2 * H)  # carry, dW_hh, dW_xh, head
@@ -129,8 +170,6 @@ def flops(B, T, D, H):
 
 
 def run(rounds, warmup, sizes, with_gradient_norms=True):
-    import tensorflow as tf
-
     results = []
     setups = []
     for B, T, D, H in sizes:
@@ -234,26 +273,47 @@ def main(argv=None):
     if args.sizes:
         sizes = [tuple(int(v) for v in s.split(",")) for s in args.sizes.split(";")]
     import keras
-    import tensorflow as tf
 
+    backend = keras.backend.backend()
     start = time.perf_counter()
-    results = run(args.rounds, args.warmup, sizes, not args.no_gradient_norms)
-    from keras_vrnn import native
-
-    kernels = (
-        f"native kernels ({native.kernels()})" if native.library() is not None
-        else f"XLA loops (native kernels unavailable: {native.unavailable_reason()})"
-    )
+    # The gradient-norm diagnostics run on TensorFlow only.
+    with_gradient_norms = not args.no_gradient_norms and backend == "tensorflow"
+    results = run(args.rounds, args.warmup, sizes, with_gradient_norms)
     print(
         f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"TF {tf.__version__}, Keras {keras.__version__}, float32, "
+        f"{_backend_description()}, Keras {keras.__version__}, float32, "
         f"{args.rounds} rounds, {time.perf_counter() - start:.0f} s, "
-        f"VanillaRNN fused path: {kernels}"
+        f"VanillaRNN fused path: {_fused_path_description()}"
     )
     print(markdown(results))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)
+
+
+def _backend_description():
+    import keras
+
+    if keras.backend.backend() == "jax":
+        import jax
+
+        device = jax.devices()[0]
+        return f"JAX {jax.__version__} on {device.platform.upper()} ({device.device_kind})"
+    import tensorflow as tf
+
+    return f"TF {tf.__version__}"
+
+
+def _fused_path_description():
+    import keras
+
+    if keras.backend.backend() == "jax":
+        return "lax.scan with a custom VJP (keras_vrnn.fused_jax)"
+    from keras_vrnn import native
+
+    if native.library() is not None:
+        return f"native kernels ({native.kernels()})"
+    return f"XLA loops (native kernels unavailable: {native.unavailable_reason()})"
 
 
 if __name__ == "__main__":
