@@ -527,22 +527,25 @@ class BackwardOp : public RecurrenceOp {
                          sk::ConstBlock{m ? m + b0 * units : nullptr, units}, at(hs), at(probe),
                          grad_out, dz_out);
       }
-      if (!m) {
-        // Without a mask, dU = sum_t h_{t-1}^T dz_t after the loop, row by row
-        // of the batch: there h_{t-1} and dz_t are two contiguous blocks.
-        for (int64_t b = b0; b < b0 + rows; ++b) {
-          const float* h_b = hs + b * row_stride;
-          sk::AccumulateTransposedProduct(length - 1, units, units, {h_b, units},
-                                          {dz + b * row_stride + units, units}, d_recurrent);
+      // The weight gradients, one batch row at a time: there x_t, h_{t-1} and
+      // dz_t are contiguous blocks, and the row's dz block is read from L1 by
+      // all three (one pass over dz instead of one per gradient).
+      //   dW = sum_t x_t^T dz_t, db = sum_t dz_t, and without a mask
+      //   dU = sum_t h_{t-1}^T dz_t (with one, per step in the loop above).
+      for (int64_t b = b0; b < b0 + rows; ++b) {
+        const float* dz_b = dz + b * row_stride;
+        if (!m) {  // steps 1.. here, step 0 (h_{-1} = h0) below
+          sk::AccumulateTransposedProduct(length - 1, units, units, {hs + b * row_stride, units},
+                                          {dz_b + units, units}, d_recurrent);
         }
+        sk::AccumulateTransposedProduct(length, features, units,
+                                        {x + b * length * features, features}, {dz_b, units}, d_w);
+        sk::AccumulateColumnSums(length, units, {dz_b, units}, d_b);
+      }
+      if (!m) {
         sk::AccumulateTransposedProduct(rows, units, units, {h0 + b0 * units, units},
                                         {dz + b0 * row_stride, row_stride}, d_recurrent);
       }
-      // dW = X^T dZ and db = column sums of dZ over this part's rows * steps.
-      const sk::ConstBlock dz_all{dz + b0 * row_stride, units};
-      sk::AccumulateTransposedProduct(rows * length, features, units,
-                                      {x + b0 * length * features, features}, dz_all, d_w);
-      sk::AccumulateColumnSums(rows * length, units, dz_all, d_b);
     }
 #endif
   }
