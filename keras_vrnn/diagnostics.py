@@ -259,7 +259,11 @@ def _probing(entries, tape, records, direct):
             )
             tape.watch(probe)
             records.setdefault(key, []).append(probe)
-            with probe_lib.attached_probe(layer, probe, direct_only=direct):
+            # Only the probes are differentiated (the tape watches nothing
+            # else), so the native kernels may skip the weight gradients.
+            with probe_lib.attached_probe(
+                layer, probe, direct_only=direct, weight_gradients=False
+            ):
                 return original(sequences, *args, **kwargs)
 
         return call

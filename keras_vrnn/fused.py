@@ -67,8 +67,14 @@ def unsupported_reason(layer, mask, direct_only=False):
     return None
 
 
-def fused_inner_loop(layer, sequences, initial_state, training=False, probe=None):
-    """Drop-in for `RNN.inner_loop`: returns `(last_output, outputs, states)`."""
+def fused_inner_loop(
+    layer, sequences, initial_state, training=False, probe=None, weight_gradients=True
+):
+    """Drop-in for `RNN.inner_loop`: returns `(last_output, outputs, states)`.
+
+    `weight_gradients=False` (see `probe.attached_probe`) lets the native
+    kernels skip the weight gradients; the other implementations ignore it.
+    """
     cell = layer.cell
     dtype = sequences.dtype
     h0 = initial_state[0] if isinstance(initial_state, (list, tuple)) else initial_state
@@ -98,7 +104,8 @@ def fused_inner_loop(layer, sequences, initial_state, training=False, probe=None
         from keras_vrnn import fused_tf
 
         outputs = fused_tf.recurrence_from_inputs(
-            x, kernel, bias, h0, recurrent_kernel, act, rec_mask, probe
+            x, kernel, bias, h0, recurrent_kernel, act, rec_mask, probe,
+            weight_gradients=weight_gradients,
         )
     else:
         from keras_vrnn import fused_jax

@@ -181,8 +181,14 @@ def _native_library(dtype):
     return native.library()
 
 
-def _native_recurrence(lib, x, kernel, bias, h0, recurrent_kernel, act, rec_mask, probe):
-    """`recurrence_from_inputs` by the native kernels (which cut the batch themselves)."""
+def _native_recurrence(
+    lib, x, kernel, bias, h0, recurrent_kernel, act, rec_mask, probe, weight_gradients=True
+):
+    """`recurrence_from_inputs` by the native kernels (which cut the batch themselves).
+
+    With `weight_gradients=False` the backward op leaves the kernel, bias and
+    recurrent-kernel gradients at zero (the caller needs none of them).
+    """
     empty = tf.zeros([0], x.dtype)
     optional = [t for t in (bias, rec_mask, probe) if t is not None]
 
@@ -195,7 +201,8 @@ def _native_recurrence(lib, x, kernel, bias, h0, recurrent_kernel, act, rec_mask
 
         def grad(upstream):
             dz, dh, dh0, d_kernel, d_bias, d_recurrent = lib.keras_vrnn_backward(
-                upstream, hs, x, kernel, b, h0, recurrent_kernel, m, p, **options
+                upstream, hs, x, kernel, b, h0, recurrent_kernel, m, p,
+                weight_gradients=weight_gradients, **options
             )
             # dL/dx = dZ W^T, left to TensorFlow so that it is pruned when
             # nothing needs it (the first layer's inputs).
@@ -218,16 +225,21 @@ def _native_recurrence(lib, x, kernel, bias, h0, recurrent_kernel, act, rec_mask
     return _recurrence(x, kernel, h0, recurrent_kernel, *optional)
 
 
-def recurrence_from_inputs(x, kernel, bias, h0, recurrent_kernel, act, rec_mask=None, probe=None):
+def recurrence_from_inputs(
+    x, kernel, bias, h0, recurrent_kernel, act, rec_mask=None, probe=None,
+    weight_gradients=True,
+):
     """hs[:, t] = act(x[:, t] @ W + b + (hs[:, t-1] * rec_mask) @ U) (+ probe[:, t]).
 
     `x` (B, T, D) batch-major. By the native kernels where they run
-    (`keras_vrnn.native`), else by `recurrence` on the projected inputs.
+    (`keras_vrnn.native`; `weight_gradients=False` lets them skip the weight
+    gradients), else by `recurrence` on the projected inputs.
     """
     lib = _native_library(x.dtype)
     if lib is not None:
         return _native_recurrence(
-            lib, x, kernel, bias, h0, recurrent_kernel, act, rec_mask, probe
+            lib, x, kernel, bias, h0, recurrent_kernel, act, rec_mask, probe,
+            weight_gradients,
         )
     return recurrence(project(x, kernel, bias), h0, recurrent_kernel, act, rec_mask, probe)
 

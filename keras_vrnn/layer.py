@@ -222,7 +222,8 @@ class VanillaRNN(keras.layers.RNN):
             reason = fused.unsupported_reason(self, mask, direct_only)
             if reason is None:
                 return fused.fused_inner_loop(
-                    self, sequences, initial_state, training=training, probe=probe
+                    self, sequences, initial_state, training=training, probe=probe,
+                    weight_gradients=probe_lib.weight_gradients_wanted(self),
                 )
             if self.use_fused is True:
                 raise ValueError(

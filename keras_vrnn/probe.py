@@ -18,6 +18,7 @@ from keras import ops
 from keras.src import backend as keras_backend  # `rnn` loop, as RNN uses it
 
 _ATTR = "_vrnn_probe"
+_NO_WEIGHT_GRADIENTS = "_vrnn_probe_no_weight_gradients"
 
 
 def get_probe(layer):
@@ -25,9 +26,19 @@ def get_probe(layer):
     return getattr(layer, _ATTR, None) or (None, False)
 
 
+def weight_gradients_wanted(layer):
+    """False while a probe attached with `weight_gradients=False` is on `layer`."""
+    return not getattr(layer, _NO_WEIGHT_GRADIENTS, False)
+
+
 @contextlib.contextmanager
-def attached_probe(layer, probe, direct_only=False):
+def attached_probe(layer, probe, direct_only=False, weight_gradients=True):
     """Attaches `probe` (batch, timesteps, units) to an RNN layer for one call.
+
+    With `weight_gradients=False` the caller promises to differentiate with
+    respect to the probe (or the inputs) only: the native kernels then skip
+    the weight gradients, and the layer's weights get zero gradients from
+    this call (a gradient-norm measurement needs dL/dh_t alone).
 
     Works for `keras_vrnn.VanillaRNN` and for `keras.layers.RNN` wrapping a
     single `VanillaRNNCell` (whose `inner_loop` is redirected for the
@@ -37,6 +48,7 @@ def attached_probe(layer, probe, direct_only=False):
     from keras_vrnn.layer import VanillaRNN
 
     object.__setattr__(layer, _ATTR, (probe, bool(direct_only)))
+    object.__setattr__(layer, _NO_WEIGHT_GRADIENTS, not weight_gradients)
     patched = not isinstance(layer, VanillaRNN)
     if patched:
         object.__setattr__(
@@ -50,6 +62,7 @@ def attached_probe(layer, probe, direct_only=False):
         yield probe
     finally:
         object.__delattr__(layer, _ATTR)
+        object.__delattr__(layer, _NO_WEIGHT_GRADIENTS)
         if patched:
             object.__delattr__(layer, "inner_loop")
 

@@ -94,6 +94,15 @@ def test_ops_match_reference(
         ref.assert_rel_close(dh, expected["dh"], tol, "dh")
     else:
         assert dh.shape == (0,)
+    # Without weight gradients (a gradient-norm measurement): the same dz,
+    # dh and dh0 to the bit, and zeros where the weight gradients were.
+    skipped = lib.keras_vrnn_backward(
+        cast(p["c"]), hs, *args, weight_gradients=False, **options
+    )
+    for name, full, got in zip(("dz", "dh", "dh0"), (dz, dh, dh0), skipped[:3]):
+        np.testing.assert_array_equal(got, full, err_msg=name)
+    for name, full, got in zip(("dW", "db", "dU"), (d_kernel, d_bias, d_recurrent), skipped[3:]):
+        assert got.shape == full.shape and not np.any(got), name
 
 
 def test_build_reports_its_kernels():

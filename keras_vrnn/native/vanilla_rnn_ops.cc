@@ -343,7 +343,9 @@ class ForwardOp : public RecurrenceOp {
 template <typename T>
 class BackwardOp : public RecurrenceOp {
  public:
-  using RecurrenceOp::RecurrenceOp;
+  explicit BackwardOp(OpKernelConstruction* ctx) : RecurrenceOp(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("weight_gradients", &weight_gradients_));
+  }
 
   void Compute(OpKernelContext* ctx) override {
     const Tensor& upstream = ctx->input(0);
@@ -412,6 +414,7 @@ class BackwardOp : public RecurrenceOp {
       }
       EigenLoop(b0, rows, length, units, g_data, hs_data, h0_data, m_data, probe_data,
                 recurrent, dz_data, dh_data, dh0_data, d_recurrent_parts[p]);
+      if (!weight_gradients_) return;
       // dW = X^T dZ and db = column sums of dZ, single GEMMs over this
       // part's rows * steps.
       Eigen::Map<const Matrix<T>> dz_part(dz_data + b0 * row_stride, rows * length, units);
@@ -456,10 +459,10 @@ class BackwardOp : public RecurrenceOp {
           t > 0 ? ConstStepView<T>(hs_data + offset - units, rows, units, stride)
                 : ConstStepView<T>(h0_data + b0 * units, rows, units,
                                    Eigen::OuterStride<>(units));
-      if (m_data) {
+      if (weight_gradients_ && m_data) {
         masked_prev = prev.cwiseProduct(m);
         d_recurrent.noalias() += masked_prev.transpose() * dz;
-      } else {
+      } else if (weight_gradients_) {
         d_recurrent.noalias() += prev.transpose() * dz;
       }
       // Next: dL/dh_{t-1} = upstream_{t-1} + (dz_t U^T) * m (dL/dh0 at t = 0).
@@ -503,7 +506,7 @@ class BackwardOp : public RecurrenceOp {
         const sk::ConstBlock dz_t{dz + offset, row_stride};
         const sk::ConstBlock prev = t > 0 ? sk::ConstBlock{hs + offset - units, row_stride}
                                           : sk::ConstBlock{h0 + b0 * units, units};
-        if (m) {  // dU += (h_{t-1} * m)^T dz_t (after the loop when unmasked)
+        if (m && weight_gradients_) {  // dU += (h_{t-1} * m)^T dz_t (else after the loop)
           sk::AccumulateTransposedProduct(rows, units, units,
                                           MaskedRows(prev, mask, &masked_prev), dz_t,
                                           d_recurrent);
@@ -527,6 +530,7 @@ class BackwardOp : public RecurrenceOp {
                          sk::ConstBlock{m ? m + b0 * units : nullptr, units}, at(hs), at(probe),
                          grad_out, dz_out);
       }
+      if (!weight_gradients_) return;
       // The weight gradients, one batch row at a time: there x_t, h_{t-1} and
       // dz_t are contiguous blocks, and the row's dz block is read from L1 by
       // all three (one pass over dz instead of one per gradient).
@@ -549,6 +553,9 @@ class BackwardOp : public RecurrenceOp {
     }
 #endif
   }
+  // False: dz, dh and dh0 only; d_kernel, d_bias and d_recurrent_kernel are
+  // left at zero (a gradient-norm measurement needs dL/dh alone).
+  bool weight_gradients_ = true;
 };
 
 REGISTER_OP("KerasVrnnForward")
@@ -589,6 +596,7 @@ REGISTER_OP("KerasVrnnBackward")
     .Attr("T: {float, double}")
     .Attr("activation: {'tanh', 'sigmoid', 'relu', 'linear'}")
     .Attr("min_part_rows: int = 16")
+    .Attr("weight_gradients: bool = true")
     .SetShapeFn([](InferenceContext* c) {
       c->set_output(0, c->input(1));
       c->set_output(1, c->UnknownShape());
