@@ -109,10 +109,11 @@ def matmul_limit(B, T, D, H, repeats=20):
     }
 
 
-def _bare_products(matmul, matmul_t, a, chain):
-    """The products `matmul_limit` times; matmul_t(p, q) is p^T q."""
+def _bare_products(matmul, matmul_t, chain):
+    """The products `matmul_limit` times, each a function of the operand dict;
+    matmul_t(p, q) is p^T q."""
 
-    def sequential():  # `chain` dependent (B,H)x(H,H) products, no loop
+    def sequential(a):  # `chain` dependent (B,H)x(H,H) products, no loop
         h = a["h"]
         for _ in range(chain):
             h = matmul(h, a["u"])
@@ -120,9 +121,9 @@ def _bare_products(matmul, matmul_t, a, chain):
 
     return {
         "sequential": sequential,
-        "projection": lambda: matmul(a["xs"], a["w"]),
-        "recurrent_kernel_grad": lambda: matmul_t(a["z"], a["z"]),  # dW_hh = H^T dZ
-        "kernel_grad": lambda: matmul_t(a["xs"], a["z"]),  # dW_xh = X^T dZ
+        "projection": lambda a: matmul(a["xs"], a["w"]),
+        "recurrent_kernel_grad": lambda a: matmul_t(a["z"], a["z"]),  # dW_hh = H^T dZ
+        "kernel_grad": lambda a: matmul_t(a["xs"], a["z"]),  # dW_xh = X^T dZ
     }
 
 
@@ -131,14 +132,12 @@ def _bare_matmul_times_tf(arrays, chain, repeats):
 
     a = {k: tf.constant(v) for k, v in arrays.items()}
     times = {}
-    products = _bare_products(
-        tf.matmul, lambda p, q: tf.matmul(p, q, transpose_a=True), a, chain
-    )
+    products = _bare_products(tf.matmul, lambda p, q: tf.matmul(p, q, transpose_a=True), chain)
     for name, fn in products.items():
         # Through the TF executor and XLA-compiled: the faster of the two is
         # the limit (XLA has less per-op overhead on small shapes, Eigen's
         # threaded GEMMs win on large ones).
-        variants = (tf.function(fn), tf.function(fn, jit_compile=True))
+        variants = [tf.function(lambda fn=fn: fn(a), jit_compile=xla) for xla in (False, True)]
         for variant in variants:
             variant()
         times[name] = min(timed(v) for v in variants for _ in range(repeats))
@@ -149,14 +148,11 @@ def _bare_matmul_times_jax(arrays, chain, repeats):
     import jax
     import jax.numpy as jnp
 
-    times = {}
     a = {k: jax.device_put(v) for k, v in arrays.items()}
-    for name in _bare_products(jnp.matmul, None, a, chain):
+    times = {}
+    for name, fn in _bare_products(jnp.matmul, lambda p, q: p.T @ q, chain).items():
         # The operands are arguments, not closed-over constants, which XLA
         # would fold at compile time.
-        def fn(a, name=name):
-            return _bare_products(jnp.matmul, lambda p, q: p.T @ q, a, chain)[name]()
-
         jitted = jax.jit(fn)
         jitted(a).block_until_ready()
         times[name] = min(timed(lambda: jitted(a).block_until_ready()) for _ in range(repeats))
