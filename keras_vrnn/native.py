@@ -1,29 +1,49 @@
-"""Native CPU kernels of the fused recurrence, built for this machine on first use.
+"""Native CPU kernels of the fused recurrence, built for this CPU's vector unit.
 
 `keras_vrnn/native/vanilla_rnn_ops.cc` holds two TensorFlow custom ops, the
 forward loop and the hand-written BPTT loop of `keras_vrnn.fused_tf`, with
-the batch cut into parts that run on TensorFlow's intra-op threads. On first
-use it is compiled with the system C++ compiler against the installed
-TensorFlow (`tf.sysconfig`), with `-O3 -march=native` so that Eigen's
-products use the vector and FMA units of this CPU (this TensorFlow wheel's
-own kernels are built for a generic x86-64), and cached:
+the batch cut into parts that run on TensorFlow's intra-op threads. It is
+compiled with the system C++ compiler against the installed TensorFlow
+(`tf.sysconfig`) for one of two instruction sets, chosen from the CPU's
+features (`/proc/cpuinfo`):
+
+- "avx512": AVX-512 F/CD/BW/DQ/VL (Intel Skylake-SP and later, AMD Zen 4
+  and later): 16-wide float32 step kernels, Eigen on AVX-512 for float64;
+- "avx2": AVX2 and FMA (Intel Haswell and later, AMD Zen 1-3): 8-wide.
+
+The flags name exactly those features instead of `-march=native`, which
+would also turn on extensions this TensorFlow's bundled Eigen does not
+compile with (AVX512-FP16, on Sapphire Rapids and later). CPUs without
+AVX2/FMA and other architectures (ARM) use the fused path's XLA loops,
+which give the same results more slowly.
+
+The build is cached, one file per (source, TensorFlow version, compiler,
+flags, CPU), so that a cache shared between machines never loads code
+built for another CPU:
 
     $KERAS_VRNN_CACHE, else $XDG_CACHE_HOME/keras_vrnn, else ~/.cache/keras_vrnn
 
-one file per (source, TensorFlow version, compiler, CPU) so that a cache
-shared between machines never loads code built for another CPU. Building
-takes 10-20 s once; concurrent processes wait for one build (file lock).
+It happens once, ahead of time in `make run` / `make test` (or on first
+use); concurrent processes wait for one build (file lock). A failed build is
+recorded next to where the library would be and not retried for the same
+key: every later process warns once, in one line, and uses the XLA loops,
+until the source, TensorFlow, compiler, flags or CPU change, or
+`python -m keras_vrnn.native --rebuild` is run.
 
-Where it cannot be built or loaded (no compiler, no TensorFlow headers), the
-fused path uses its XLA-compiled loops instead, which give the same results
-more slowly, and warns once with the reason. `KERAS_VRNN_NATIVE=0` turns the
-native kernels off (no build, no warning); `KERAS_VRNN_CXX` (else `CXX`, else
-`c++`) names the compiler.
+Environment: `KERAS_VRNN_NATIVE=0` turns the native kernels off (no build,
+no warning); `KERAS_VRNN_ISA=avx2` builds the AVX2 kernels on an AVX-512
+CPU; `KERAS_VRNN_CXX` (else `CXX`, else `c++`) names the compiler.
+
+`python -m keras_vrnn.native [--rebuild]` builds now and says which kernels
+each dtype runs on this CPU.
 """
 
+import argparse
 import contextlib
+import functools
 import hashlib
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -35,6 +55,18 @@ from pathlib import Path
 SOURCE = Path(__file__).with_name("native") / "vanilla_rnn_ops.cc"
 # Everything the build reads: the source and the headers it includes.
 SOURCES = sorted(SOURCE.parent.glob("*.[ch]*"))
+
+_AVX2_FLAGS = ("-mavx2", "-mfma", "-mf16c")
+_AVX512_FLAGS = ("-mavx512f", "-mavx512cd", "-mavx512bw", "-mavx512dq", "-mavx512vl")
+# Instruction sets, widest first: the CPU features each needs (as
+# /proc/cpuinfo names them) and the compiler flags that turn on exactly those.
+ISAS = {
+    "avx512": (
+        {"avx2", "fma", "f16c", "avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"},
+        _AVX2_FLAGS + _AVX512_FLAGS,
+    ),
+    "avx2": ({"avx2", "fma", "f16c"}, _AVX2_FLAGS),
+}
 
 _lock = threading.Lock()
 _library = None
@@ -63,32 +95,90 @@ def _compiler():
     return os.environ.get("KERAS_VRNN_CXX") or os.environ.get("CXX") or "c++"
 
 
-def _cpu_signature():
-    """The CPU's model and feature flags: -march=native code runs only there."""
+@functools.lru_cache(maxsize=None)
+def _compiler_identity(compiler):
+    """The compiler's resolved path and version line (part of the cache key)."""
+    path = shutil.which(compiler)
+    if path is None:
+        return compiler
+    try:
+        done = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=60)
+        version = done.stdout.splitlines()[0] if done.stdout else ""
+    except (OSError, subprocess.SubprocessError):
+        version = ""
+    return f"{os.path.realpath(path)} {version}"
+
+
+def _cpuinfo_lines(prefixes):
     try:
         with open("/proc/cpuinfo") as f:
-            lines = [
-                line
-                for line in f
-                if line.startswith(("flags", "model name", "Features", "CPU part"))
-            ]
-        return "".join(sorted(set(lines)))
+            return sorted({line.strip() for line in f if line.startswith(prefixes)})
     except OSError:
-        import platform
-
-        return platform.machine() + platform.processor()
+        return []
 
 
-def _build_command(output):
+def cpu_features():
+    """The CPU's feature flags, as /proc/cpuinfo names them (empty elsewhere)."""
+    return {flag for line in _cpuinfo_lines(("flags",)) for flag in line.split(":")[-1].split()}
+
+
+def cpu_model():
+    """The CPU's model name ("Intel(R) Xeon(R) ...", or the machine type)."""
+    for line in _cpuinfo_lines(("model name",)):
+        return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def _cpu_signature():
+    """The CPU's model and feature flags: code built for them runs there."""
+    lines = _cpuinfo_lines(("flags", "model name", "Features", "CPU part"))
+    return "\n".join(lines) or platform.machine() + platform.processor()
+
+
+def choose_isa(features, machine=None):
+    """The widest entry of ISAS that a CPU with `features` runs, or None.
+
+    `KERAS_VRNN_ISA` names a narrower one to use instead. Raises ValueError
+    when it names none of ISAS.
+    """
+    machine = (machine or platform.machine()).lower()
+    if machine not in ("x86_64", "amd64"):
+        return None
+    wanted = os.environ.get("KERAS_VRNN_ISA", "").strip().lower()
+    if wanted and wanted not in ISAS:
+        raise ValueError(
+            f"KERAS_VRNN_ISA must be one of {sorted(ISAS)} or unset. "
+            f"Received: KERAS_VRNN_ISA={wanted!r}"
+        )
+    names = list(ISAS)
+    for name in names[names.index(wanted) :] if wanted else names:
+        if ISAS[name][0] <= set(features):
+            return name
+    return None
+
+
+def _unsupported_reason(features):
+    machine = platform.machine()
+    if machine.lower() not in ("x86_64", "amd64"):
+        return (
+            f"this CPU is {machine}; the native kernels are built for x86-64 "
+            "CPUs with AVX2 and FMA"
+        )
+    missing = sorted(ISAS["avx2"][0] - set(features))
+    return f"this CPU lacks {', '.join(missing)} (the native kernels need AVX2 and FMA)"
+
+
+def build_flags(isa):
+    """The compiler flags of one entry of ISAS (besides TensorFlow's own)."""
+    return ["-shared", "-fPIC", "-O3", "-w", *ISAS[isa][1]]
+
+
+def _build_command(output, isa):
     import tensorflow as tf
 
     return [
         _compiler(),
-        "-shared",
-        "-fPIC",
-        "-O3",
-        "-march=native",
-        "-w",
+        *build_flags(isa),
         *tf.sysconfig.get_compile_flags(),
         str(SOURCE),
         "-o",
@@ -97,18 +187,27 @@ def _build_command(output):
     ]
 
 
-def library_path():
-    """The cached file for this source, TensorFlow, compiler and CPU."""
+def library_path(isa=None):
+    """The cached file for this source, TensorFlow, compiler, flags and CPU."""
     import tensorflow as tf
 
+    isa = isa or choose_isa(cpu_features())
+    if isa is None:
+        raise RuntimeError(_unsupported_reason(cpu_features()))
     key = hashlib.sha256()
     for source in SOURCES:
         key.update(source.name.encode())
         key.update(source.read_bytes())
     key.update(tf.__version__.encode())
-    key.update(" ".join(_build_command("out")).encode())
+    key.update(_compiler_identity(_compiler()).encode())
+    key.update(" ".join(_build_command("out", isa)).encode())
     key.update(_cpu_signature().encode())
-    return cache_dir() / f"vanilla_rnn_ops-{key.hexdigest()[:16]}.so"
+    return cache_dir() / f"vanilla_rnn_ops-{isa}-{key.hexdigest()[:16]}.so"
+
+
+def failure_record(path):
+    """Where a failed build of `path` is recorded."""
+    return Path(path).with_suffix(".failed")
 
 
 @contextlib.contextmanager
@@ -127,46 +226,77 @@ def _file_lock(path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def build(path=None):
-    """Compiles the kernels into `path` (default `library_path()`) unless there.
+def _check_headers():
+    import tensorflow as tf
 
-    Raises RuntimeError with the compiler's message when the build fails.
+    header = Path(tf.sysconfig.get_include()) / "tensorflow" / "core" / "framework" / "op.h"
+    if not header.exists():
+        raise RuntimeError(
+            f"TensorFlow's C++ headers are missing ({header} not found); "
+            "reinstall tensorflow from a wheel that ships them"
+        )
+
+
+def build(path=None, isa=None, rebuild=False):
+    """Compiles the kernels for `isa` into `path` (default `library_path()`).
+
+    Returns at once when the file exists. A failed compilation is recorded
+    (`failure_record(path)`) and raises RuntimeError with the compiler's
+    message; later calls raise at once, without compiling, until `rebuild`
+    (or a change of source, TensorFlow, compiler, flags or CPU).
     """
-    path = Path(path or library_path())
+    isa = isa or choose_isa(cpu_features())
+    if isa is None:
+        raise RuntimeError(_unsupported_reason(cpu_features()))
+    path = Path(path or library_path(isa))
+    record = failure_record(path)
+    if rebuild:
+        for stale in (path, record):
+            stale.unlink(missing_ok=True)
     if path.exists():
         return path
+    if record.exists():
+        raise RuntimeError(
+            f"the build failed before ({record.read_text().splitlines()[0]}); the "
+            f"compiler's message is in {record}. Run `python -m keras_vrnn.native "
+            "--rebuild` to try again"
+        )
     if shutil.which(_compiler()) is None:
         raise RuntimeError(
             f"no C++ compiler: {_compiler()!r} was not found on PATH. Install "
             "one (e.g. g++) or name it with KERAS_VRNN_CXX=..."
         )
+    _check_headers()
     path.parent.mkdir(parents=True, exist_ok=True)
     with _file_lock(path.with_suffix(".lock")):
-        if path.exists():  # built by another process while we waited
-            return path
-        fd, partial = tempfile.mkstemp(suffix=".so", dir=path.parent)
-        os.close(fd)
-        try:
-            done = subprocess.run(
-                _build_command(partial), capture_output=True, text=True
-            )
-            if done.returncode != 0:
-                raise RuntimeError(
-                    f"compiling {SOURCE.name} failed (exit {done.returncode}):\n"
-                    + done.stderr[-2000:]
-                )
-            os.replace(partial, path)
-        finally:
-            if os.path.exists(partial):
-                os.remove(partial)
+        if path.exists() or record.exists():  # built (or failed) while we waited
+            return build(path, isa)
+        _compile(path, isa, record)
     return path
+
+
+def _compile(path, isa, record):
+    fd, partial = tempfile.mkstemp(suffix=".so", dir=path.parent)
+    os.close(fd)
+    command = _build_command(partial, isa)
+    try:
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            summary = f"compiling {SOURCE.name} failed (exit {done.returncode})"
+            record.write_text(f"{summary}\n$ {' '.join(command)}\n{done.stderr}")
+            raise RuntimeError(f"{summary}:\n{done.stderr[-2000:]}")
+        os.replace(partial, path)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
 
 
 def library():
     """The loaded kernels (a module with `keras_vrnn_forward/backward`), or None.
 
-    Built and loaded on the first call; None (with one warning giving the
-    reason) where that is impossible, or when disabled by KERAS_VRNN_NATIVE=0.
+    Built (see `build`) and loaded on the first call; None, with one warning
+    giving the reason, where that is impossible, or when disabled by
+    KERAS_VRNN_NATIVE=0.
     """
     global _library, _failure
     if not enabled():
@@ -191,7 +321,8 @@ def library():
 
 
 def kernels():
-    """What the loaded build runs (step kernels or Eigen, per dtype), or None."""
+    """What the loaded build runs per dtype, e.g. "float32: AVX-512 step
+    kernels (AVX2 also built); float64: Eigen (AVX-512)", or None."""
     lib = library()
     return None if lib is None else lib.keras_vrnn_kernels().numpy().decode()
 
@@ -203,7 +334,45 @@ def unavailable_reason():
     return _failure
 
 
-if __name__ == "__main__":  # python -m keras_vrnn.native: build now, say where
-    print(build())
-    print(kernels())
-    sys.exit(0)
+def main(argv=None):
+    """`python -m keras_vrnn.native [--rebuild]`: build now, say what runs.
+
+    Exit 0 when the kernels are loaded or this CPU has none to build (the
+    XLA loops serve it), 1 when a build for this CPU failed.
+    """
+    parser = argparse.ArgumentParser(
+        prog="python -m keras_vrnn.native",
+        description="Builds the native CPU kernels of keras_vrnn for this CPU "
+        "and says which kernels each dtype runs.",
+    )
+    parser.add_argument(
+        "--rebuild", action="store_true",
+        help="compile again, even after a recorded failure",
+    )
+    args = parser.parse_args(argv)
+    isa = choose_isa(cpu_features())
+    print(f"CPU: {cpu_model()} ({isa or 'no native kernels'})")
+    if not enabled():
+        print("native kernels: disabled by KERAS_VRNN_NATIVE")
+        print("float32, float64: XLA loops")
+        return 0
+    if isa is not None:
+        print("flags: " + " ".join(ISAS[isa][1]))
+        try:
+            print(f"library: {build(rebuild=args.rebuild)}")
+        except RuntimeError:
+            pass  # library() below warns with the reason
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        described = kernels()
+    if described is None:
+        print(f"native kernels unavailable: {unavailable_reason()}")
+        print("float32, float64: XLA loops")
+        return 0 if isa is None else 1
+    for part in described.split("; "):
+        print(part)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

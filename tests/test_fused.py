@@ -95,11 +95,14 @@ def count_calls(monkeypatch, module, name):
 
 
 def require_native():
-    """The native kernels, built and loaded; a clear failure if they cannot be."""
+    """The native kernels, built and loaded; a clear failure if they cannot be
+    on a CPU they are built for (a skip on one they are not: ARM, no AVX2)."""
     from keras_vrnn import native
 
     if not native.enabled():
         pytest.skip("native kernels disabled by KERAS_VRNN_NATIVE")
+    if native.choose_isa(native.cpu_features()) is None:
+        pytest.skip(f"no native kernels for this CPU ({native.cpu_model()})")
     lib = native.library()
     assert lib is not None, f"native kernels unavailable: {native.unavailable_reason()}"
     return lib

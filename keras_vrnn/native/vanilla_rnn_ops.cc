@@ -173,6 +173,14 @@ constexpr bool UseStepKernels() {
 #endif
 }
 
+// The widest vector of the step kernels in this build, in floats: 16 in a
+// build for AVX-512 (which has the 8-wide kernels too), else 8.
+#ifdef KERAS_VRNN_STEP_KERNELS_AVX512
+constexpr int kWidestVector = 16;
+#else
+constexpr int kWidestVector = 8;
+#endif
+
 #ifdef KERAS_VRNN_STEP_KERNELS
 // block * mask (rows, units) into `out`: h_{t-1} as recurrent dropout sees it.
 step_kernels::ConstBlock MaskedRows(step_kernels::ConstBlock block,
@@ -228,6 +236,12 @@ class RecurrenceOp : public OpKernel {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("activation", &act));
     act_ = ParseActivation(act);
     OP_REQUIRES_OK(ctx, ctx->GetAttr("min_part_rows", &min_part_rows_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("vector_width", &vector_width_));
+    if (vector_width_ == 0) vector_width_ = kWidestVector;
+    OP_REQUIRES(ctx, vector_width_ == 8 || vector_width_ == kWidestVector,
+                InvalidArgument("vector_width must be 0 (the widest this build has), 8",
+                                kWidestVector == 16 ? " or 16" : "",
+                                ". Received: vector_width=", vector_width_));
   }
 
  protected:
@@ -240,8 +254,22 @@ class RecurrenceOp : public OpKernel {
                        &o->units);
   }
 
+  // Calls f(isa) with the step kernels' instruction set for this op's
+  // vector width: step_kernels::Avx512 (16 floats) or Avx2 (8).
+  template <typename F>
+  void WithIsa(F&& f) const {
+#ifdef KERAS_VRNN_STEP_KERNELS_AVX512
+    if (vector_width_ == 16) return f(step_kernels::Avx512());
+#endif
+#ifdef KERAS_VRNN_STEP_KERNELS
+    f(step_kernels::Avx2());
+#endif
+  }
+
   Activation act_;
   int64_t min_part_rows_;
+  // Floats per vector in the float32 step kernels (see WithIsa).
+  int vector_width_;
 };
 
 template <typename T>
@@ -317,24 +345,27 @@ class ForwardOp : public RecurrenceOp {
 #ifdef KERAS_VRNN_STEP_KERNELS
     if constexpr (std::is_same<T, float>::value) {
       namespace sk = step_kernels;
-      const int64_t row_stride = length * units;
-      Matrix<float> masked(m ? rows : 0, units);
-      Eigen::Map<const Matrix<float>> mask(m ? m + b0 * units : nullptr, m ? rows : 0, units);
-      sk::ConstBlock h_prev{h0 + b0 * units, units};
-      for (int64_t t = 0; t < length; ++t) {
-        const int64_t offset = b0 * row_stride + t * units;
-        if (m) h_prev = MaskedRows(h_prev, mask, &masked);
-        if (t + 1 < length) {  // the next step's inputs (and probe)
-          sk::PrefetchRows(rows, features,
-                           {x + (b0 * length + t + 1) * features, length * features});
-          if (probe) sk::PrefetchRows(rows, units, {probe + offset + units, row_stride});
+      WithIsa([&](auto isa) {
+        using I = decltype(isa);
+        const int64_t row_stride = length * units;
+        Matrix<float> masked(m ? rows : 0, units);
+        Eigen::Map<const Matrix<float>> mask(m ? m + b0 * units : nullptr, m ? rows : 0, units);
+        sk::ConstBlock h_prev{h0 + b0 * units, units};
+        for (int64_t t = 0; t < length; ++t) {
+          const int64_t offset = b0 * row_stride + t * units;
+          if (m) h_prev = MaskedRows(h_prev, mask, &masked);
+          if (t + 1 < length) {  // the next step's inputs (and probe)
+            sk::PrefetchRows(rows, features,
+                             {x + (b0 * length + t + 1) * features, length * features});
+            if (probe) sk::PrefetchRows(rows, units, {probe + offset + units, row_stride});
+          }
+          sk::ForwardStep<I>(act_, rows, features, units,
+                          {x + (b0 * length + t) * features, length * features}, w, bias, h_prev,
+                          recurrent, {probe ? probe + offset : nullptr, row_stride},
+                          {hs + offset, row_stride});
+          h_prev = sk::ConstBlock{hs + offset, row_stride};
         }
-        sk::ForwardStep(act_, rows, features, units,
-                        {x + (b0 * length + t) * features, length * features}, w, bias, h_prev,
-                        recurrent, {probe ? probe + offset : nullptr, row_stride},
-                        {hs + offset, row_stride});
-        h_prev = sk::ConstBlock{hs + offset, row_stride};
-      }
+      });
     }
 #endif
   }
@@ -491,65 +522,68 @@ class BackwardOp : public RecurrenceOp {
 #ifdef KERAS_VRNN_STEP_KERNELS
     if constexpr (std::is_same<T, float>::value) {
       namespace sk = step_kernels;
-      const int64_t row_stride = length * units;
-      const Eigen::OuterStride<> stride(row_stride);
-      const sk::Act act = act_;
-      // The last step: dL/dh = its upstream gradient alone.
-      const int64_t last = b0 * row_stride + (length - 1) * units;
-      ConstStepView<float> g_last(g + last, rows, units, stride);
-      if (dh) StepView<float>(dh + last, rows, units, stride) = g_last;
-      StoreStepDz(act_, hs, probe, last, rows, units, stride, g_last, dz);
-      Eigen::Map<const Matrix<float>> mask(m ? m + b0 * units : nullptr, m ? rows : 0, units);
-      Matrix<float> masked_prev(m ? rows : 0, units);
-      for (int64_t t = length - 1; t >= 0; --t) {
-        const int64_t offset = b0 * row_stride + t * units;
-        const sk::ConstBlock dz_t{dz + offset, row_stride};
-        const sk::ConstBlock prev = t > 0 ? sk::ConstBlock{hs + offset - units, row_stride}
-                                          : sk::ConstBlock{h0 + b0 * units, units};
-        if (m && weight_gradients_) {  // dU += (h_{t-1} * m)^T dz_t (else after the loop)
-          sk::AccumulateTransposedProduct(rows, units, units,
-                                          MaskedRows(prev, mask, &masked_prev), dz_t,
-                                          d_recurrent);
-        }
-        const auto at = [&](auto* data) {  // step t-1 of a (batch, steps, units) tensor
-          return sk::ConstBlock{t > 0 && data ? data + offset - units : nullptr, row_stride};
-        };
-        sk::Block grad_out{nullptr, row_stride}, dz_out{nullptr, row_stride};
-        if (t > 0) {
-          if (dh) grad_out.data = dh + offset - units;
-          dz_out.data = dz + offset - units;
-        } else {
-          grad_out = sk::Block{dh0 + b0 * units, units};
-        }
-        if (t > 1) {  // what the next step's BackwardStep reads beside dz
-          for (const float* data : {g, hs, probe}) {
-            if (data) sk::PrefetchRows(rows, units, {data + offset - 2 * units, row_stride});
+      WithIsa([&](auto isa) {
+        using I = decltype(isa);
+        const int64_t row_stride = length * units;
+        const Eigen::OuterStride<> stride(row_stride);
+        const sk::Act act = act_;
+        // The last step: dL/dh = its upstream gradient alone.
+        const int64_t last = b0 * row_stride + (length - 1) * units;
+        ConstStepView<float> g_last(g + last, rows, units, stride);
+        if (dh) StepView<float>(dh + last, rows, units, stride) = g_last;
+        StoreStepDz(act_, hs, probe, last, rows, units, stride, g_last, dz);
+        Eigen::Map<const Matrix<float>> mask(m ? m + b0 * units : nullptr, m ? rows : 0, units);
+        Matrix<float> masked_prev(m ? rows : 0, units);
+        for (int64_t t = length - 1; t >= 0; --t) {
+          const int64_t offset = b0 * row_stride + t * units;
+          const sk::ConstBlock dz_t{dz + offset, row_stride};
+          const sk::ConstBlock prev = t > 0 ? sk::ConstBlock{hs + offset - units, row_stride}
+                                            : sk::ConstBlock{h0 + b0 * units, units};
+          if (m && weight_gradients_) {  // dU += (h_{t-1} * m)^T dz_t (else after the loop)
+            sk::AccumulateTransposedProduct<I>(rows, units, units,
+                                            MaskedRows(prev, mask, &masked_prev), dz_t,
+                                            d_recurrent);
           }
+          const auto at = [&](auto* data) {  // step t-1 of a (batch, steps, units) tensor
+            return sk::ConstBlock{t > 0 && data ? data + offset - units : nullptr, row_stride};
+          };
+          sk::Block grad_out{nullptr, row_stride}, dz_out{nullptr, row_stride};
+          if (t > 0) {
+            if (dh) grad_out.data = dh + offset - units;
+            dz_out.data = dz + offset - units;
+          } else {
+            grad_out = sk::Block{dh0 + b0 * units, units};
+          }
+          if (t > 1) {  // what the next step's BackwardStep reads beside dz
+            for (const float* data : {g, hs, probe}) {
+              if (data) sk::PrefetchRows(rows, units, {data + offset - 2 * units, row_stride});
+            }
+          }
+          sk::BackwardStep<I>(act, rows, units, dz_t, recurrent_t, at(g),
+                           sk::ConstBlock{m ? m + b0 * units : nullptr, units}, at(hs), at(probe),
+                           grad_out, dz_out);
         }
-        sk::BackwardStep(act, rows, units, dz_t, recurrent_t, at(g),
-                         sk::ConstBlock{m ? m + b0 * units : nullptr, units}, at(hs), at(probe),
-                         grad_out, dz_out);
-      }
-      if (!weight_gradients_) return;
-      // The weight gradients, one batch row at a time: there x_t, h_{t-1} and
-      // dz_t are contiguous blocks, and the row's dz block is read from L1 by
-      // all three (one pass over dz instead of one per gradient).
-      //   dW = sum_t x_t^T dz_t, db = sum_t dz_t, and without a mask
-      //   dU = sum_t h_{t-1}^T dz_t (with one, per step in the loop above).
-      for (int64_t b = b0; b < b0 + rows; ++b) {
-        const float* dz_b = dz + b * row_stride;
-        if (!m) {  // steps 1.. here, step 0 (h_{-1} = h0) below
-          sk::AccumulateTransposedProduct(length - 1, units, units, {hs + b * row_stride, units},
-                                          {dz_b + units, units}, d_recurrent);
+        if (!weight_gradients_) return;
+        // The weight gradients, one batch row at a time: there x_t, h_{t-1} and
+        // dz_t are contiguous blocks, and the row's dz block is read from L1 by
+        // all three (one pass over dz instead of one per gradient).
+        //   dW = sum_t x_t^T dz_t, db = sum_t dz_t, and without a mask
+        //   dU = sum_t h_{t-1}^T dz_t (with one, per step in the loop above).
+        for (int64_t b = b0; b < b0 + rows; ++b) {
+          const float* dz_b = dz + b * row_stride;
+          if (!m) {  // steps 1.. here, step 0 (h_{-1} = h0) below
+            sk::AccumulateTransposedProduct<I>(length - 1, units, units, {hs + b * row_stride, units},
+                                            {dz_b + units, units}, d_recurrent);
+          }
+          sk::AccumulateTransposedProduct<I>(length, features, units,
+                                          {x + b * length * features, features}, {dz_b, units}, d_w);
+          sk::AccumulateColumnSums<I>(length, units, {dz_b, units}, d_b);
         }
-        sk::AccumulateTransposedProduct(length, features, units,
-                                        {x + b * length * features, features}, {dz_b, units}, d_w);
-        sk::AccumulateColumnSums(length, units, {dz_b, units}, d_b);
-      }
-      if (!m) {
-        sk::AccumulateTransposedProduct(rows, units, units, {h0 + b0 * units, units},
-                                        {dz + b0 * row_stride, row_stride}, d_recurrent);
-      }
+        if (!m) {
+          sk::AccumulateTransposedProduct<I>(rows, units, units, {h0 + b0 * units, units},
+                                          {dz + b0 * row_stride, row_stride}, d_recurrent);
+        }
+      });
     }
 #endif
   }
@@ -570,6 +604,7 @@ REGISTER_OP("KerasVrnnForward")
     .Attr("T: {float, double}")
     .Attr("activation: {'tanh', 'sigmoid', 'relu', 'linear'}")
     .Attr("min_part_rows: int = 16")
+    .Attr("vector_width: int = 0")
     .SetShapeFn([](InferenceContext* c) {
       // (batch, timesteps) of the inputs, units of h0.
       c->set_output(0, c->MakeShape({c->Dim(c->input(0), 0), c->Dim(c->input(0), 1),
@@ -596,6 +631,7 @@ REGISTER_OP("KerasVrnnBackward")
     .Attr("T: {float, double}")
     .Attr("activation: {'tanh', 'sigmoid', 'relu', 'linear'}")
     .Attr("min_part_rows: int = 16")
+    .Attr("vector_width: int = 0")
     .Attr("weight_gradients: bool = true")
     .SetShapeFn([](InferenceContext* c) {
       c->set_output(0, c->input(1));
@@ -625,9 +661,25 @@ class KernelsOp : public OpKernel {
   void Compute(OpKernelContext* ctx) override {
     Tensor* out = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({}), &out));
-    out->scalar<::tensorflow::tstring>()() =
-        UseStepKernels<float>() ? "float32: AVX2/FMA step kernels; float64: Eigen"
-                                : "float32, float64: Eigen";
+    out->scalar<::tensorflow::tstring>()() = Description();
+  }
+
+ private:
+  // E.g. "float32: AVX-512 step kernels (AVX2 also built); float64: Eigen
+  // (AVX-512)": the float32 kernels by default (vector_width=0), and the
+  // instruction set Eigen's products were compiled for.
+  static std::string Description() {
+#if defined(EIGEN_VECTORIZE_AVX512)
+    const std::string eigen = "Eigen (AVX-512)";
+#elif defined(EIGEN_VECTORIZE_AVX2)
+    const std::string eigen = "Eigen (AVX2)";
+#else
+    const std::string eigen = "Eigen";
+#endif
+    if (!UseStepKernels<float>()) return "float32, float64: " + eigen;
+    const std::string widest =
+        kWidestVector == 16 ? "AVX-512 step kernels (AVX2 also built)" : "AVX2 step kernels";
+    return "float32: " + widest + "; float64: " + eigen;
   }
 };
 
