@@ -20,6 +20,8 @@ All are serializable Keras initializers (`keras.initializers.get` finds them by
 class name once `keras_vrnn` is imported).
 """
 
+import random as python_random
+
 import numpy as np
 import keras
 from keras import ops
@@ -43,14 +45,21 @@ def _check_square(shape, cls_name):
 
 
 def _numpy_rng(seed):
-    """A NumPy generator seeded from the initializer's seed (None: fresh)."""
+    """A NumPy generator seeded from the initializer's seed."""
     return np.random.default_rng(seed)
 
 
 class _SeededInitializer(keras.initializers.Initializer):
     """Base for initializers that draw with NumPy so results are exact and
     backend independent (eigen-decompositions are not available in every
-    backend's `ops`)."""
+    backend's `ops`).
+
+    Without a seed, the instance draws one from Python's `random` when it is
+    created, as Keras' own unseeded initializers (`"orthogonal"`,
+    `"glorot_uniform"`) do: `keras.utils.set_random_seed` seeds that generator,
+    so it makes the weights reproducible, and without it they are fresh. The
+    drawn seed is not part of the config, so a deserialized copy draws its own.
+    """
 
     def __init__(self, seed=None):
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
@@ -58,12 +67,15 @@ class _SeededInitializer(keras.initializers.Initializer):
                 f"Received: seed={seed!r}. Expected an integer or None."
             )
         self.seed = seed
+        self._base_seed = (
+            python_random.randint(1, int(1e9)) if seed is None else seed
+        )
         self._calls = 0
 
     def _rng(self):
         # Distinct but reproducible draws when one initializer instance serves
         # several weights (as Keras' own seeded initializers do).
-        seed = None if self.seed is None else self.seed + self._calls
+        seed = self._base_seed + self._calls
         self._calls += 1
         return _numpy_rng(seed)
 
@@ -78,7 +90,8 @@ class ScaledOrthogonal(_SeededInitializer):
 
     Args:
         gain: Positive float, the common singular value (and |eigenvalue|).
-        seed: Optional integer for reproducibility.
+        seed: Optional integer for reproducibility. `None` (default) follows
+            the global seed set by `keras.utils.set_random_seed`.
 
     Example:
 
@@ -104,7 +117,7 @@ class ScaledOrthogonal(_SeededInitializer):
 
 
 @keras.saving.register_keras_serializable(package="keras_vrnn")
-class ScaledIdentity(_SeededInitializer):
+class ScaledIdentity(keras.initializers.Initializer):
     """`gain * I`: the IRNN initialisation (Le, Jaitly & Hinton, 2015).
 
     Regime: with ReLU and `gain = 1` the untrained network copies its state
@@ -117,7 +130,6 @@ class ScaledIdentity(_SeededInitializer):
     """
 
     def __init__(self, gain=1.0):
-        super().__init__(None)
         self.gain = _check_positive("gain", gain)
 
     def __call__(self, shape, dtype=None):
@@ -141,7 +153,8 @@ class SpectralRadiusNormal(_SeededInitializer):
 
     Args:
         spectral_radius: Positive float, the largest |eigenvalue| of the result.
-        seed: Optional integer for reproducibility.
+        seed: Optional integer for reproducibility. `None` (default) follows
+            the global seed set by `keras.utils.set_random_seed`.
     """
 
     def __init__(self, spectral_radius=1.0, seed=None):

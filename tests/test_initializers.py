@@ -76,6 +76,55 @@ def test_seeds_are_reproducible(make):
     assert not np.allclose(to_np(unseeded((6, 6))), to_np(unseeded((6, 6))))
 
 
+@pytest.mark.parametrize(
+    "cls", [ScaledOrthogonal, SpectralRadiusNormal], ids=lambda c: c.__name__
+)
+def test_unseeded_follows_set_random_seed(cls):
+    # Like Keras' own unseeded initializers ("orthogonal", "glorot_uniform"):
+    # keras.utils.set_random_seed makes them reproducible, and a model built
+    # twice after the same global seed gets the same weights.
+    def draw(global_seed):
+        keras.utils.set_random_seed(global_seed)
+        init = cls(0.9)
+        return to_np(init((6, 6))), to_np(init((6, 6)))
+
+    first, second = draw(1)
+    again_first, again_second = draw(1)
+    np.testing.assert_array_equal(first, again_first)
+    np.testing.assert_array_equal(second, again_second)
+    assert not np.allclose(first, second)  # one instance, two weights
+    other, _ = draw(2)
+    assert not np.allclose(first, other)
+    # Through layers, as `recurrent_initializer` (by instance and by name).
+    for identifier in (cls(0.9), cls.__name__):
+        kernels = []
+        for _ in range(2):
+            keras.utils.set_random_seed(3)
+            layer = keras_vrnn.VanillaRNN(
+                5,
+                recurrent_initializer=(
+                    cls(0.9) if not isinstance(identifier, str) else identifier
+                ),
+            )
+            layer.build((2, 3, 4))
+            kernels.append(to_np(layer.cell.recurrent_kernel))
+        np.testing.assert_array_equal(kernels[0], kernels[1])
+    # An explicit seed is its own: the global seed does not change it.
+    keras.utils.set_random_seed(1)
+    seeded = to_np(cls(0.9, seed=7)((6, 6)))
+    keras.utils.set_random_seed(2)
+    np.testing.assert_array_equal(to_np(cls(0.9, seed=7)((6, 6))), seeded)
+    assert not np.allclose(seeded, first)
+    # Unseeded configs stay unseeded: a clone draws from the global seed too.
+    keras.utils.set_random_seed(1)
+    config = cls(0.9).get_config()
+    assert config["seed"] is None
+    clone = cls.from_config(config)
+    assert clone.get_config() == config
+    keras.utils.set_random_seed(1)
+    np.testing.assert_array_equal(to_np(cls.from_config(config)((6, 6))), first)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
 def test_dtype(dtype):
     for init in (
