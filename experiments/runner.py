@@ -126,7 +126,9 @@ Errors. Bad settings or data end the program with exit status 2 and one line
 and a `DataError` or `FileNotFoundError` raised by `train_and_evaluate`. A
 plain `ValueError` from inside `train_and_evaluate` is treated as a bug and
 keeps its traceback. A run dir that a failed run left with nothing but its
-`config.json` is removed again.
+`config.json` is removed again, and so are the folders above it
+(`<workdir_root>/<experiment>/`, `<workdir_root>/`) that the run created:
+a rejected input leaves nothing behind.
 
 TensorFlow and Keras are imported lazily (inside functions), so parsing,
 validation and these errors take no TensorFlow start-up time. Printing is fine
@@ -945,18 +947,39 @@ def _history_from_epochs(epochs):
     }
 
 
-def _remove_if_unused(workdir):
-    """Removes a run dir that holds nothing but its config.json (and lock)."""
+def _missing_dirs(path):
+    """`path` and those of its parents that do not exist, deepest first."""
+    path = pathlib.Path(path)
+    missing = []
+    for folder in (path, *path.parents):
+        if folder.exists() or folder.is_symlink():
+            break
+        missing.append(folder)
+    return missing
+
+
+def _remove_if_unused(workdir, created=()):
+    """Removes a run dir that holds nothing but its config.json (and lock),
+    then those of the folders in `created` (deepest first: the ones this run
+    made above it, see `_missing_dirs`) that are left empty."""
     if workdir is None or not workdir.is_dir():
         return
     entries = list(workdir.iterdir())
-    if all(
+    if not all(
         entry.name in (CONFIG_FILE, LOCK_FILE) and entry.is_file()
         for entry in entries
     ):
-        for entry in entries:
-            entry.unlink()
-        workdir.rmdir()
+        return
+    for entry in entries:
+        entry.unlink()
+    workdir.rmdir()
+    for folder in created:
+        if folder.is_symlink() or not folder.is_dir():
+            break
+        try:
+            folder.rmdir()  # only if empty: another run may have started there
+        except OSError:
+            break
 
 
 # ---------------------------------------------------------------------------
@@ -1841,16 +1864,21 @@ def run_main(train_and_evaluate, config_cls, argv=None, description=None, prog=N
             spec = getattr(sys.modules["__main__"], "__spec__", None)
             module = spec.name if spec is not None else ""
         prog = f"python -m {module}" if module.startswith("experiments.") else None
-    workdir, resumed, lock = None, False, None
+    workdir, resumed, lock, created = None, False, None, []
     try:
         config = parse_config(config_cls, argv, description, prog)
         config.validate()
+        # The folders the run dir needs that do not exist yet: removed again
+        # if the run is rejected before it wrote anything.
+        created = _missing_dirs(
+            pathlib.Path(config.workdir_root) / type(config).experiment
+        )
         workdir, resumed, lock = open_run_dir(config)
         if not resumed:
             save_config(workdir, config)
     except _CONFIG_ERRORS as err:
         if not resumed:
-            _remove_if_unused(workdir)
+            _remove_if_unused(workdir, created)
         close_run_dir(lock)
         _fail(err)
     try:
@@ -1866,7 +1894,7 @@ def run_main(train_and_evaluate, config_cls, argv=None, description=None, prog=N
             results = train_and_evaluate(config, workdir)
         except _DATA_ERRORS as err:
             if not resumed:
-                _remove_if_unused(workdir)
+                _remove_if_unused(workdir, created)
             _fail(err)
         status = results.get("status") if isinstance(results, dict) else None
         finished = (workdir / RESULTS_FILE).exists()

@@ -221,8 +221,8 @@ CLI = {
 MODULES = {"text": text, "timeseries": timeseries}
 
 
-def _argv(experiment, args, d):
-    base = ["--workdir_root", str(d / "runs")]
+def _argv(experiment, args, d, root=None):
+    base = ["--workdir_root", str(d / "runs" if root is None else root)]
     if experiment == "text":
         base += TEXT_TINY + ["--text_file", str(d / "good.txt")]
     return base + [a.replace("{d}", str(d)) for a in args]
@@ -253,6 +253,25 @@ def test_bad_input(ref, kind, case, tmp_path, capsys, monkeypatch):
         line = ref.error_line(capsys.readouterr().err)
         assert fragment in line, line
     assert _snapshot(tmp_path) == before  # nothing created, changed or deleted
+
+
+@pytest.mark.parametrize(
+    "case", [k for k in CLI if not k.endswith("finished run")]
+)
+def test_bad_input_creates_no_runs_root(ref, case, tmp_path, capsys, monkeypatch):
+    """With a --workdir_root that does not exist yet, a rejected input leaves
+    none of it behind: no run dir, no `<root>/<experiment>/`, no root."""
+    _make_inputs(tmp_path)
+    if case == "timeseries init_from empty":
+        (tmp_path / "empty.keras").write_bytes(b"")
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    root = tmp_path / "new" / "runs"
+    experiment, args, fragment = CLI[case]
+    with pytest.raises(SystemExit) as excinfo:
+        MODULES[experiment].main(_argv(experiment, args, tmp_path, root=root))
+    assert excinfo.value.code == 2
+    assert fragment in ref.error_line(capsys.readouterr().err)
+    assert not (tmp_path / "new").exists()
 
 
 def test_bad_input_in_real_processes(ref, tmp_path):
