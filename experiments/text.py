@@ -30,6 +30,11 @@ Metrics (results.json and the final printout):
   it is a lower bound for any context-free model) and *uniform* = log2(V);
   a model learns context only if it beats the unigram baseline;
 - a text sample from `sample_prompt` at `temperature`, seeded by `seed`.
+  When the text lacks a character of the default prompt ("ROMEO:\n", made
+  for the plays), the sample starts from the text's first non-blank line
+  (at most `FALLBACK_PROMPT_CHARS` characters; results.json has the prompt
+  used and why); any other prompt must be made of the text's characters
+  (exit 2 otherwise).
 
 `--strategy mirrored|multi-worker` trains data-parallel (`--batch_size` is
 the global batch); an interrupted run resumes when started again with the
@@ -56,6 +61,10 @@ from experiments.runner import option
 
 LN2 = math.log(2.0)
 ACTIVATIONS = ("tanh", "relu", "sigmoid", "linear")
+DEFAULT_PROMPT = "ROMEO:\n"
+# A prompt taken from the text is at most this long (the start of its first
+# line): enough context to start from, short enough to leave room to sample.
+FALLBACK_PROMPT_CHARS = 40
 
 
 @dataclasses.dataclass
@@ -116,8 +125,13 @@ class Config(runner.TrainingConfig):
     )
 
     # --- sampling -----------------------------------------------------------
+    # The default suits the plays; for a text without its characters the
+    # sample starts from the text's first line instead (see `prepare_data`).
     sample_prompt: str = option(
-        "ROMEO:\n", "Text the sample starts from (in bash, $'ROMEO:\\n' for a newline)."
+        DEFAULT_PROMPT,
+        "Text the sample starts from (in bash, $'ROMEO:\\n' for a newline) "
+        "(default: 'ROMEO:\\n', or for a text that lacks one of its "
+        "characters the start of the text's first line).",
     )
     sample_length: int = option(400, "Number of characters to sample.")
     # < 1 sharpens the distribution (safer text), > 1 flattens it.
@@ -170,16 +184,34 @@ def load_corpus(config):
     return text, {"source": source, "chars_total": total, "chars_used": len(text)}
 
 
+def fallback_prompt(text, max_chars=FALLBACK_PROMPT_CHARS):
+    """The start of the text's first non-blank line, with its newline, at
+    most `max_chars` characters (a text of whitespace only: its start).
+
+    A prompt made of the text's own characters, so it can always be encoded.
+    """
+    start = len(text) - len(text.lstrip())
+    if start == len(text):
+        start = 0
+    newline = text.find("\n", start)
+    end = len(text) if newline < 0 else newline + 1
+    return text[start : min(end, start + max_chars)]
+
+
 def prepare_data(config):
     """Loads, encodes, splits and windows the text (pure NumPy, no TF).
 
     Returns:
         Dict with the `vocab`, `(x, y)` windows for "train" and
-        "validation", their unigram baselines and a description.
+        "validation", their unigram baselines, a description, the sampling
+        `prompt` and `prompt_note` (why the prompt is not `sample_prompt`,
+        or None).
 
     Raises:
         DataError: bad file, text shorter than one sequence (or a split
-            shorter than one), or a prompt character that is not in the text.
+            shorter than one), or a character of an explicitly chosen prompt
+            that is not in the text (the default prompt falls back to
+            `fallback_prompt(text)` instead).
     """
     text, info = load_corpus(config)
     where = repr(config.text_file) if config.text_file else "the corpus"
@@ -205,8 +237,19 @@ def prepare_data(config):
                 f"--seq_len or another --validation_fraction."
             )
         splits[name] = data.char_windows(part, config.seq_len)
-    missing = sorted(set(config.sample_prompt) - set(vocab.chars))
-    if missing:
+    prompt, prompt_note = config.sample_prompt, None
+    missing = sorted(set(prompt) - set(vocab.chars))
+    if missing and prompt == DEFAULT_PROMPT:
+        # The default was made for the plays; another text gets a prompt of
+        # its own characters rather than an error about a prompt the user
+        # need not have chosen.
+        prompt = fallback_prompt(text)
+        prompt_note = (
+            f"the default prompt {DEFAULT_PROMPT!r} has characters "
+            f"{''.join(missing)!r} that do not occur in the text; sampled "
+            f"from the start of the text's first line instead"
+        )
+    elif missing:
         raise data.DataError(
             f"Received: sample_prompt={config.sample_prompt!r} with characters "
             f"{''.join(missing)!r} that do not occur in the text. Expected a "
@@ -224,7 +267,14 @@ def prepare_data(config):
         "unigram_bpc_train": data.unigram_entropy_bits(train_ids, vocab.size),
         "uniform_bpc": math.log2(vocab.size),
     }
-    return {"vocab": vocab, "splits": splits, "baselines": baselines, "info": info}
+    return {
+        "vocab": vocab,
+        "splits": splits,
+        "baselines": baselines,
+        "info": info,
+        "prompt": prompt,
+        "prompt_note": prompt_note,
+    }
 
 
 # ---------------------------------------------------------------------------
@@ -374,6 +424,9 @@ def train_and_evaluate(config, workdir):
         f"validation windows of {config.seq_len}; "
         f"{strategy.num_replicas_in_sync} replica(s)."
     )
+    prompt, prompt_note = prepared["prompt"], prepared["prompt_note"]
+    if prompt_note:
+        print(f"Sample prompt {prompt!r}: {prompt_note}.")
     # Fixed windows for the gradient norms and the train-loss estimate.
     rng = np.random.default_rng(config.seed)
     grad_rows = rng.choice(len(x_train), min(config.batch_size, len(x_train)), False)
@@ -446,7 +499,7 @@ def train_and_evaluate(config, workdir):
     text_sample = sample(
         best,
         vocab,
-        config.sample_prompt,
+        prompt,
         config.sample_length,
         temperature=config.temperature,
         seed=config.seed,
@@ -462,11 +515,13 @@ def train_and_evaluate(config, workdir):
         train_time_s=train_time,
         sample_time_s=sample_time,
         sample={
-            "prompt": config.sample_prompt,
+            "prompt": prompt,
             "temperature": config.temperature,
             "text": text_sample,
         },
     )
+    if prompt_note:
+        results["sample"]["prompt_note"] = prompt_note
     runner.save_results(workdir, results)
     _print_summary(results)
     return results

@@ -122,6 +122,36 @@ def test_text_file_data_and_one_hot_model(tmp_path):
     assert text.prepare_data(config)["info"]["chars_used"] == 100
 
 
+def test_default_prompt_falls_back_to_the_text(tmp_path):
+    """A text without a character of the default prompt ("ROMEO:\n": no
+    upper case here) samples from the start of its first line; the run does
+    not fail."""
+    corpus = _corpus(tmp_path)  # "the cat sat on mat number 0.\n" ...
+    assert not set(text.DEFAULT_PROMPT) <= set(corpus.read_text(encoding="utf-8"))
+    config = text.Config(text_file=str(corpus), seq_len=12)
+    prepared = text.prepare_data(config)
+    assert prepared["prompt"] == "the cat sat on mat number 0.\n"
+    assert "'ROMEO:\\n'" in prepared["prompt_note"]
+    # The first non-blank line, cut to FALLBACK_PROMPT_CHARS characters.
+    assert text.fallback_prompt("\n\n  ab\ncd") == "ab\n"
+    assert text.fallback_prompt("x" * 100) == "x" * text.FALLBACK_PROMPT_CHARS
+    assert text.fallback_prompt(" \n \n") == " \n"
+
+    workdir, results = text.main(TINY + [
+        "--text_file", str(corpus), "--workdir_root", str(tmp_path / "runs"),
+    ])
+    saved = json.loads((workdir / "results.json").read_text(encoding="utf-8"))
+    sample = saved["sample"]
+    assert sample["prompt"] == "the cat sat on mat number 0.\n"
+    assert "do not occur in the text" in sample["prompt_note"]
+    assert sample["text"].startswith(sample["prompt"])
+    assert len(sample["text"]) == len(sample["prompt"]) + 12
+    # The config keeps what was asked for; the default prompt is not an error.
+    assert json.loads((workdir / "config.json").read_text())["sample_prompt"] == (
+        text.DEFAULT_PROMPT
+    )
+
+
 def test_existing_run_name_exits_2(shakespeare_run, capsys):
     root, first, _ = shakespeare_run
     before = (first / "results.json").read_bytes()
