@@ -664,7 +664,9 @@ def train_and_evaluate(config, workdir):
 
 
 def main(argv=None):
-    return sweep.run_sweep_main(train_and_evaluate, Config, argv)
+    return sweep.run_sweep_main(
+        train_and_evaluate, Config, argv, configurations=configurations
+    )
 
 
 if __name__ == "__main__":

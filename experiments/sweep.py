@@ -36,6 +36,19 @@ the new ones (results from different settings must not be mixed), or when the
 directory exists without a manifest (not a sweep: it is never touched).
 Changing only the swept axes (e.g. adding a gain) is allowed: configuration
 ids encode the axis values, so finished ones are reused and new ones run.
+Leaving out a configuration the dir has recorded (its `result.json`: "ok",
+"diverged" or "crashed") is refused too, with the earlier axis values in the
+message. The report (results.json, results.md, plots) is made from the
+swept axes of the command, so after a smaller rerun it would describe a
+subset while the other configurations stayed on disk unreported. Merging
+them into the report instead is worse: the union of two grids is in general
+no grid (no config.json could describe it; tables and plots would have
+holes), and a report that ignores the axes just typed is a surprise of its
+own. Refusing loses nothing and keeps one rule: a sweep dir's report
+covers exactly the configurations recorded in it, which are those of its
+config.json. To look at a subset, rerun with a new `--run_name`. A
+configuration dir without `result.json` (an interrupted attempt) holds no
+result and does not count.
 
 Parallelism: `workers=1` (default) runs in this process; `workers=N > 1`
 uses a `concurrent.futures.ProcessPoolExecutor` with the "spawn" start method
@@ -304,7 +317,60 @@ def _diff(old, new):
     ]
 
 
-def prepare_sweep_dir(sweep_dir, experiment, settings):
+def recorded_config_ids(sweep_dir):
+    """Ids of the configurations with a `result.json` in `sweep_dir`, sorted
+    (any status: ok, diverged or crashed; not an interrupted attempt)."""
+    root = os.path.join(sweep_dir, CONFIGS_DIR)
+    if not os.path.isdir(root):
+        return []
+    ids = []
+    for name in sorted(os.listdir(root)):
+        record = _read_json(os.path.join(root, name, RESULT))
+        if isinstance(record, dict) and record.get("status") in STATUSES:
+            ids.append(name)
+    return ids
+
+
+def check_covers_recorded(sweep_dir, config_ids, axes=None):
+    """Refuses a sweep that leaves out configurations recorded in its dir.
+
+    Args:
+        sweep_dir: The run dir.
+        config_ids: Ids of the configurations of the new start.
+        axes: Optional `{flag: value}` of the swept axes of the new start;
+            the message then names those that differ from the dir's
+            config.json (the earlier start).
+
+    Raises:
+        SweepError: Some recorded configuration is not in `config_ids`.
+    """
+    left_out = sorted(set(recorded_config_ids(sweep_dir)) - set(config_ids))
+    if not left_out:
+        return
+    shown = ", ".join(left_out[:5])
+    if len(left_out) > 5:
+        shown += f", ... ({len(left_out)} in all)"
+    received = f"{len(config_ids)} configuration(s)"
+    earlier = ""
+    if axes:
+        saved = _read_json(os.path.join(sweep_dir, _runner.CONFIG_FILE))
+        saved = saved if isinstance(saved, dict) else {}
+        changed = [k for k in axes if k in saved and saved[k] != axes[k]]
+        if changed:
+            received = ", ".join(f"{k}={axes[k]!r}" for k in changed)
+            earlier = "; earlier: " + ", ".join(
+                f"{k}={saved[k]!r}" for k in changed
+            )
+    raise SweepError(
+        f"Received: {received} for run dir {sweep_dir}, which holds "
+        f"{len(left_out)} recorded configuration(s) that this sweep leaves "
+        f"out ({shown}{earlier}). Expected swept values that include every "
+        f"recorded configuration (the report covers all of them), or a new "
+        f"--run_name."
+    )
+
+
+def prepare_sweep_dir(sweep_dir, experiment, settings, config_ids=None, axes=None):
     """Creates a sweep dir or validates an existing one for resuming.
 
     Args:
@@ -314,13 +380,18 @@ def prepare_sweep_dir(sweep_dir, experiment, settings):
         settings: JSON-able dict of the settings that must not change on
             resume (everything that affects a configuration's result but is
             not part of its id).
+        config_ids: Optional ids of the configurations to run; resuming is
+            then refused if the dir has recorded others
+            (`check_covers_recorded`), before anything in it changes.
+        axes: Optional `{flag: value}` of the swept axes, for that message.
 
     Returns:
         True if an existing sweep is resumed, False if the dir is new.
 
     Raises:
-        SweepError: The dir exists but is not a sweep of this experiment, or
-            its settings differ.
+        SweepError: The dir exists but is not a sweep of this experiment,
+            its settings differ, or it has recorded configurations that
+            `config_ids` leaves out.
     """
     settings = _runner.jsonable(settings)
     manifest_path = os.path.join(sweep_dir, MANIFEST)
@@ -346,6 +417,8 @@ def prepare_sweep_dir(sweep_dir, experiment, settings):
                 "Rerun with the same settings to resume, or pass a new "
                 "--run_name."
             )
+        if config_ids is not None:
+            check_covers_recorded(sweep_dir, config_ids, axes)
         manifest["resumed"] = manifest.get("resumed", 0) + 1
         write_json_atomic(manifest_path, manifest)
         return True
@@ -547,7 +620,12 @@ def run_sweep(
 
     Returns:
         The records (dicts with config_id, params, status, diverged_step,
-        error, metrics, wall_s, skipped) in the order of `configs`.
+        error, metrics, wall_s, skipped) in the order of `configs`: every
+        configuration recorded in `sweep_dir`.
+
+    Raises:
+        SweepError: bad `workers`, duplicate ids, or `configs` leaves out a
+            configuration recorded in `sweep_dir` (`check_covers_recorded`).
     """
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise SweepError(f"Received: workers={workers!r}. Expected an integer >= 1.")
@@ -555,6 +633,7 @@ def run_sweep(
     if len(set(ids)) != len(ids):
         dupes = sorted({c for c in ids if ids.count(c) > 1})
         raise SweepError(f"Duplicate configuration ids: {dupes}.")
+    check_covers_recorded(sweep_dir, ids)
     write_hparams_config(sweep_dir, [p for _, p in configs], metric_names)
 
     records = {}
@@ -716,7 +795,8 @@ class SweepConfig(_runner.BaseConfig):
         None,
         "Name of the run directory (default: UTC start time). Reusing the "
         "name of an earlier run of this sweep resumes it: finished "
-        "configurations are skipped.",
+        "configurations are skipped; the swept values may add "
+        "configurations but not leave out recorded ones.",
     )
     # Keras' own per-epoch output is always off in a sweep.
     verbose: int = _runner.option(
@@ -744,8 +824,11 @@ def _fail(err):
     raise SystemExit(_runner.USAGE_EXIT_CODE)
 
 
-def open_run_dir(config):
+def open_run_dir(config, config_ids=None):
     """The sweep's run dir: new (via `runner.new_run_dir`) or resumed.
+
+    `config_ids` (optional): the ids of the configurations to run; an
+    existing dir with recorded configurations outside them is refused.
 
     Returns:
         `(workdir: pathlib.Path, resumed: bool)`.
@@ -757,19 +840,30 @@ def open_run_dir(config):
     if config.run_name is not None:
         path = pathlib.Path(config.workdir_root) / experiment / config.run_name
         if path.exists():
-            return path, prepare_sweep_dir(str(path), experiment, settings)
+            axes = {k: getattr(config, k) for k in type(config).sweep_axes}
+            resumed = prepare_sweep_dir(
+                str(path), experiment, settings, config_ids, axes
+            )
+            return path, resumed
     workdir = _runner.new_run_dir(experiment, config.run_name, config.workdir_root)
     prepare_sweep_dir(str(workdir), experiment, settings)
     return workdir, False
 
 
-def run_sweep_main(train_and_evaluate, config_cls, argv=None, description=None):
+def run_sweep_main(
+    train_and_evaluate, config_cls, argv=None, description=None, configurations=None
+):
     """`runner.run_main` for sweeps: same flags, errors and run dir, plus
     resume (see the module doc).
 
     `train_and_evaluate(config, workdir)` builds the configurations and
     calls `run_sweep(workdir, ...)`; finished configurations are skipped
     there. `config.json` is (re)written at every start.
+
+    `configurations` (optional): `fn(config) -> [(config_id, params)]`, the
+    experiment's configurations. With it, a resumed dir that has recorded
+    configurations outside them is refused (exit 2) before anything in it
+    changes, rather than by `run_sweep` after config.json was rewritten.
 
     Returns:
         `(workdir, results)`.
@@ -783,7 +877,10 @@ def run_sweep_main(train_and_evaluate, config_cls, argv=None, description=None):
     try:
         config = _runner.parse_config(config_cls, argv, description, prog)
         config.validate()
-        workdir, resumed = open_run_dir(config)
+        config_ids = None
+        if configurations is not None:
+            config_ids = [cid for cid, _ in configurations(config)]
+        workdir, resumed = open_run_dir(config, config_ids)
         _runner.save_config(workdir, config)
     except (ValueError, FileNotFoundError) as err:
         _fail(err)

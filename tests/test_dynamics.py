@@ -149,6 +149,48 @@ def test_tiny_sweep_end_to_end(tmp_path, capsys):
     assert err.startswith("error: Run dir") and "units: 4 -> 5" in err
 
 
+def test_rerun_that_leaves_out_configurations_is_refused(tmp_path, capsys):
+    """The same --run_name with fewer gains would report a subset while the
+    others stay on disk: refused (exit 2) and nothing in the dir changes;
+    more gains resume, and the report covers every configuration."""
+    argv = [
+        "--activations", "linear", "--lengths", "10", "--units", "4",
+        "--batch_size", "8", "--train_steps", "0", "--eval_samples", "8",
+        "--workdir_root", str(tmp_path), "--run_name", "shrink", "--verbose", "0",
+    ]
+    workdir, first = dynamics.main(argv + ["--gains", "0.9,1.1"])
+    assert [r["config_id"] for r in first["rows"]] == [
+        "linear_g0.9_T10", "linear_g1.1_T10"
+    ]
+
+    def snapshot():
+        return {
+            str(p.relative_to(workdir)): (p.read_bytes(), p.stat().st_mtime_ns)
+            for p in sorted(workdir.rglob("*")) if p.is_file()
+        }
+
+    before = snapshot()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        dynamics.main(argv + ["--gains", "0.9"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: Received: gains='0.9'")
+    assert "linear_g1.1_T10" in err and "earlier: gains='0.9,1.1'" in err
+    assert "--run_name" in err
+    assert snapshot() == before  # results.json, config.json, manifest as they were
+
+    # More gains: the finished ones are reused, the report has all three.
+    _, grown = dynamics.main(argv + ["--gains", "0.9,1.1,1.2"])
+    assert [r["config_id"] for r in grown["rows"]] == [
+        "linear_g0.9_T10", "linear_g1.1_T10", "linear_g1.2_T10"
+    ]
+    assert grown["counts"]["skipped"] == 2
+    on_disk = json.loads((workdir / "results.json").read_text())
+    assert len(on_disk["rows"]) == 3
+    assert json.loads((workdir / "config.json").read_text())["gains"] == "0.9,1.1,1.2"
+
+
 def test_bad_flags_exit_2(tmp_path, capsys):
     for flags, fragment in (
         (["--gains", "0.5,-1"], "Expected positive gains"),

@@ -46,7 +46,7 @@ def test_models_are_what_they_claim():
     assert keras_vrnn.diagnostics.rnn_layers(lstm) == []
 
 
-def test_tiny_sweep_end_to_end(tmp_path):
+def test_tiny_sweep_end_to_end(tmp_path, capsys):
     argv = [
         "--adding_lengths", "6", "--copy_lengths", "3", "--models", "rnn_tanh,lstm",
         "--copy_len", "2", "--units", "4", "--batch_size", "8", "--train_steps", "2",
@@ -87,6 +87,19 @@ def test_tiny_sweep_end_to_end(tmp_path):
     md = (workdir / "results.md").read_text()
     assert "## Adding problem (test MSE)" in md and "| 6 | 0.1667 |" in md
     assert "## Copy memory (test cross-entropy, nats/step)" in md
+
+    # The same run name with fewer models would leave two configurations out
+    # of results.json: refused before anything in the dir changes.
+    before = (workdir / "results.json").read_bytes()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        long_range.main([a if a != "rnn_tanh,lstm" else "rnn_tanh" for a in argv])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: Received: models='rnn_tanh'") and err.count("\n") == 1
+    assert "adding_T6_lstm, copy_T3_lstm" in err
+    assert (workdir / "results.json").read_bytes() == before
+    assert json.loads((workdir / "config.json").read_text())["models"] == "rnn_tanh,lstm"
 
 
 def test_bad_flags_exit_2(tmp_path, capsys):

@@ -102,6 +102,33 @@ def test_resume_refuses_changed_settings_and_foreign_dirs(tmp_path):
         sweep.prepare_sweep_dir(str(tmp_path / "sw"), "other", {"steps": 10})
 
 
+def test_leaving_out_recorded_configs_is_refused(tmp_path):
+    d, _ = _prepare(tmp_path)
+    sweep.run_sweep(d, _configs(crash=True), toy_fn, progress=False)
+    # An interrupted attempt (no result.json) holds no result: not counted.
+    os.makedirs(os.path.join(d, "configs", "s8"))
+    assert sweep.recorded_config_ids(d) == ["s0.5", "s1", "s2"]  # s1 crashed
+    manifest = open(os.path.join(d, sweep.MANIFEST)).read()
+    subset = [cid for cid, _ in _configs(scales=(0.5,))]
+    with pytest.raises(sweep.SweepError) as excinfo:
+        sweep.prepare_sweep_dir(d, "toy", {"steps": 10}, config_ids=subset)
+    message = str(excinfo.value)
+    assert message.startswith("Received: 1 configuration(s) for run dir")
+    assert "2 recorded configuration(s)" in message and "(s1, s2)" in message
+    assert open(os.path.join(d, sweep.MANIFEST)).read() == manifest  # unchanged
+    # run_sweep itself refuses too, before it runs or writes anything.
+    calls = _calls(d)
+    with pytest.raises(sweep.SweepError, match=r"leaves out \(s1, s2\)"):
+        sweep.run_sweep(d, _configs(scales=(0.5, 4.0)), toy_fn, progress=False)
+    assert _calls(d) == calls and not os.path.exists(os.path.join(d, "configs", "s4"))
+    # A superset resumes: every recorded configuration is in the records.
+    assert sweep.prepare_sweep_dir(
+        d, "toy", {"steps": 10}, config_ids=[c for c, _ in _configs(extra=(8.0,))]
+    )
+    records = sweep.run_sweep(d, _configs(extra=(8.0,)), toy_fn, progress=False)
+    assert [r["config_id"] for r in records] == ["s0.5", "s1", "s2", "s8"]
+
+
 def test_workers_2_matches_workers_1(tmp_path):
     configs = _configs(scales=(0.5, 1.0, 2.0, 500.0), crash=True)
     d1, _ = _prepare(tmp_path, "w1")
