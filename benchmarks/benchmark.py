@@ -1,11 +1,27 @@
-"""VanillaRNN (fused path) vs keras.layers.SimpleRNN: train step and inference.
+"""VanillaRNN (fused path) vs keras.layers.SimpleRNN and torch.nn.RNN: train
+step and inference.
 
-Round-robin in one process after warm-up, so both layers see the same machine
-state: each round times one call of every (size, layer, mode) in turn, and
-the speedup is the median of the per-round ratios.
+Round-robin in one process after warm-up, so all models see the same machine
+state: each round times one call of every (size, model, mode) in turn, and
+a speedup is the median of the per-round ratios.
 
 Model: RNN(H, return_sequences=True) -> Dense(1), MSE, SGD,
 `train_on_batch` (forward + backward + update) and `predict_on_batch`.
+
+PyTorch baseline (optional: `pip install torch`; without it the column reads
+"torch not installed"): the same model in PyTorch, `torch.nn.RNN(D, H,
+nonlinearity="tanh", batch_first=True)` -> `torch.nn.Linear(H, 1)`, MSE,
+`torch.optim.SGD(lr=1e-3)`, float32, on the CPU, with the SimpleRNN model's
+initial weights and the same inputs. A train call is zero_grad + forward +
+loss + backward + step, an inference call a forward under
+`torch.inference_mode()`; both are timed in the same warm-up and rounds as
+the Keras calls, interleaved with them. torch runs as many threads as the
+Keras backend (TensorFlow's intra-op setting, by default one per core; on
+JAX, one per core), as the header line states. "vs torch.nn.RNN" is the
+median per-round ratio of torch's time to VanillaRNN's.
+
+The header line also names the CPU, the date (UTC), the git commit
+("+changes" when tracked files differ from it) and the versions.
 
 Also printed per size:
 - GFLOP/s achieved (matmul FLOPs of the step / median time);
@@ -25,21 +41,25 @@ Also printed per size:
 Backends: TensorFlow (the default; the native kernels on a CPU) and JAX
 (`KERAS_BACKEND=jax`: the `lax.scan` fused path, on whatever device JAX
 uses, a GPU included; no gradient-norm row there, the diagnostics run on
-TensorFlow only).
+TensorFlow only). torch.nn.RNN runs on the CPU under both.
 
 Usage: python benchmarks/benchmark.py [--rounds 40] [--json out.json]  (about 75 s on 2 cores)
 """
 
 import argparse
+import datetime
 import json
 import os
 import platform
+import subprocess
 import time
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
 
+TORCH = "torch.nn.RNN"
 SIZES = [(32, 100, 32, 128), (64, 200, 64, 256), (128, 50, 16, 64), (16, 1000, 8, 64)]
 
 
@@ -65,6 +85,83 @@ def build_pair(B, T, D, H, seed=0):
         models[name] = model
     models["VanillaRNN"].set_weights(models["SimpleRNN"].get_weights())
     return models
+
+
+class TorchModel:
+    """The SimpleRNN model of `build_pair` in PyTorch, with Keras' batch API.
+
+    torch.nn.RNN computes h_t = tanh(x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh)
+    and Keras' SimpleRNN h_t = tanh(x_t W + h_{t-1} U + b): the weights map as
+    W_ih = W^T, W_hh = U^T, b_ih = b, b_hh = 0. Both biases train, as in any
+    torch.nn.RNN: each gets the gradient of b, so an SGD step moves their sum
+    twice as far as SimpleRNN moves b; every other weight takes the same step.
+    """
+
+    def __init__(self, keras_model):
+        import torch
+
+        kernel, recurrent_kernel, bias, head_kernel, head_bias = keras_model.get_weights()
+        features, units = kernel.shape
+        self.rnn = torch.nn.RNN(features, units, nonlinearity="tanh", batch_first=True)
+        self.head = torch.nn.Linear(units, 1)
+        mapping = [
+            (self.rnn.weight_ih_l0, kernel.T),
+            (self.rnn.weight_hh_l0, recurrent_kernel.T),
+            (self.rnn.bias_ih_l0, bias),
+            (self.rnn.bias_hh_l0, np.zeros_like(bias)),
+            (self.head.weight, head_kernel.T),
+            (self.head.bias, head_bias),
+        ]
+        with torch.no_grad():
+            for param, value in mapping:
+                param.copy_(torch.from_numpy(np.ascontiguousarray(value, dtype="float32")))
+        params = [*self.rnn.parameters(), *self.head.parameters()]
+        self.optimizer = torch.optim.SGD(params, lr=1e-3)
+        self.loss = torch.nn.MSELoss()
+
+    def __call__(self, x):
+        hidden, _ = self.rnn(x)
+        return self.head(hidden)
+
+    def train_on_batch(self, x, y):
+        """One SGD step on NumPy arrays; returns the loss before the step."""
+        import torch
+
+        x, y = torch.from_numpy(x), torch.from_numpy(y)
+        self.optimizer.zero_grad()
+        loss = self.loss(self(x), y)
+        loss.backward()
+        self.optimizer.step()
+        return loss.item()
+
+    def predict_on_batch(self, x):
+        import torch
+
+        with torch.inference_mode():
+            return self(torch.from_numpy(x)).numpy()
+
+
+def import_torch():
+    """The torch module, or None where it is not installed."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
+def keras_threads():
+    """The CPU threads the Keras backend's ops run on: TensorFlow's intra-op
+    setting (0: one per core); JAX's CPU backend uses one per core."""
+    import keras
+
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        threads = tf.config.threading.get_intra_op_parallelism_threads()
+        if threads:
+            return threads
+    return os.cpu_count()
 
 
 def timed(fn):
@@ -168,11 +265,16 @@ def flops(B, T, D, H):
 def run(rounds, warmup, sizes, with_gradient_norms=True):
     results = []
     setups = []
+    torch = import_torch()
+    if torch is not None:
+        torch.set_num_threads(keras_threads())
     for B, T, D, H in sizes:
         rng = np.random.default_rng(1)
         x = rng.standard_normal((B, T, D)).astype("float32")
         y = rng.standard_normal((B, T, 1)).astype("float32")
         models = build_pair(B, T, D, H)
+        if torch is not None:
+            models[TORCH] = TorchModel(models["SimpleRNN"])
         setups.append(((B, T, D, H), models, x, y))
 
     def calls(models, x, y):
@@ -221,6 +323,7 @@ def run(rounds, warmup, sizes, with_gradient_norms=True):
                         / (np.array(record[("NoRecurrence", mode)]) + limit[f"recurrent_{mode}"])
                     )
                 ),
+                **_torch_comparison(record.get((TORCH, mode)), v),
             }
         if with_gradient_norms:
             g = np.array(record[("VanillaRNN", "gradient_norms")])
@@ -233,18 +336,37 @@ def run(rounds, warmup, sizes, with_gradient_norms=True):
     return results
 
 
+def _torch_comparison(torch_times, vanilla_times):
+    """torch.nn.RNN's median ms and median torch / VanillaRNN time ratio
+    (both None without torch)."""
+    if torch_times is None:
+        return {"torch_ms": None, "vs_torch": None}
+    t = np.array(torch_times)
+    return {
+        "torch_ms": 1e3 * float(np.median(t)),
+        "vs_torch": float(np.median(t / vanilla_times)),
+    }
+
+
+def _torch_cells(r):
+    if r["torch_ms"] is None:
+        return "-", "torch not installed"
+    return f"{r['torch_ms']:.1f}", f"**{r['vs_torch']:.2f}x**"
+
+
 def markdown(results):
     lines = [
-        "| (B, T, D, H) | mode | VanillaRNN ms | SimpleRNN ms | speedup | "
-        "GFLOP/s (V / S) | matmul-limit fraction (V / S) | speedup ceiling |",
-        "|---|---|---|---|---|---|---|---|",
+        f"| (B, T, D, H) | mode | VanillaRNN ms | SimpleRNN ms | {TORCH} ms | speedup | "
+        f"vs {TORCH} | GFLOP/s (V / S) | matmul-limit fraction (V / S) | speedup ceiling |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in results:
         for mode in ("train", "inference"):
             r = row[mode]
+            torch_ms, vs_torch = _torch_cells(r)
             lines.append(
                 f"| {row['size']} | {mode} | {r['vanilla_ms']:.1f} | "
-                f"{r['simple_ms']:.1f} | **{r['speedup']:.2f}x** | "
+                f"{r['simple_ms']:.1f} | {torch_ms} | **{r['speedup']:.2f}x** | {vs_torch} | "
                 f"{r['vanilla_gflops']:.1f} / {r['simple_gflops']:.1f} | "
                 f"{100 * r['vanilla_limit_fraction']:.0f}% / "
                 f"{100 * r['simple_limit_fraction']:.0f}% | {r['ceiling']:.2f}x |"
@@ -265,6 +387,8 @@ def main(argv=None):
     parser.add_argument("--no-gradient-norms", action="store_true")
     parser.add_argument("--json", default=None, help="also write results here")
     args = parser.parse_args(argv)
+    from keras_vrnn import native
+
     sizes = SIZES
     if args.sizes:
         sizes = [tuple(int(v) for v in s.split(",")) for s in args.sizes.split(";")]
@@ -276,15 +400,41 @@ def main(argv=None):
     with_gradient_norms = not args.no_gradient_norms and backend == "tensorflow"
     results = run(args.rounds, args.warmup, sizes, with_gradient_norms)
     print(
-        f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"{_backend_description()}, Keras {keras.__version__}, float32, "
-        f"{args.rounds} rounds, {time.perf_counter() - start:.0f} s, "
+        f"# {native.cpu_model()}, {os.cpu_count()} cores, "
+        f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d}, commit {_git_commit()}, "
+        f"{_backend_description()}, Keras {keras.__version__}, {_torch_description()}, "
+        f"float32, {args.rounds} rounds, {time.perf_counter() - start:.0f} s, "
         f"VanillaRNN fused path: {_fused_path_description()}"
     )
     print(markdown(results))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)
+
+
+def _git_commit():
+    """The repository's short HEAD commit, "+changes" appended when tracked
+    files are modified; "unknown" without git or outside a repository."""
+    repo = Path(__file__).resolve().parent
+
+    def git(*args):
+        return subprocess.run(
+            ["git", "-C", str(repo), *args], capture_output=True, text=True, check=True, timeout=30
+        ).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "--short", "HEAD")
+        changed = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return commit + ("+changes" if changed else "")
+
+
+def _torch_description():
+    torch = import_torch()
+    if torch is None:
+        return "torch not installed"
+    return f"torch {torch.__version__} (CPU, {torch.get_num_threads()} threads)"
 
 
 def _backend_description():
