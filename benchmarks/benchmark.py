@@ -43,6 +43,10 @@ Backends: TensorFlow (the default; the native kernels on a CPU) and JAX
 uses, a GPU included; no gradient-norm row there, the diagnostics run on
 TensorFlow only). torch.nn.RNN runs on the CPU under both.
 
+After the rounds, on a CPU: the float32 FMA peak of the same number of
+threads (`fma_peak.cc`: register-only FMA chains at the native kernels'
+vector width, built with their flags) and the share of it each size reaches.
+
 Usage: python benchmarks/benchmark.py [--rounds 40] [--json out.json]  (about 75 s on 2 cores)
 """
 
@@ -162,6 +166,36 @@ def keras_threads():
         if threads:
             return threads
     return os.cpu_count()
+
+
+def fma_peak(threads, repeats=3):
+    """The float32 FMA peak of `threads` cores in GFLOP/s and its vector width
+    (benchmarks/fma_peak.cc, built with the native kernels' flags), or None
+    where it cannot be built (no compiler, not x86-64 with AVX2/FMA)."""
+    import shutil
+    import tempfile
+
+    from keras_vrnn import native
+
+    isa = native.choose_isa(native.cpu_features())
+    compiler = native._compiler()
+    if isa is None or shutil.which(compiler) is None:
+        return None
+    source = Path(__file__).with_name("fma_peak.cc")
+    with tempfile.TemporaryDirectory() as tmp:
+        binary = Path(tmp) / "fma_peak"
+        flags = [*native.ISAS[isa][1], "-O2", "-pthread"]
+        build = subprocess.run([compiler, *flags, str(source), "-o", str(binary)],
+                               capture_output=True, text=True)
+        if build.returncode != 0:
+            return None
+        runs = [
+            subprocess.run([str(binary), str(threads), "30000000"], capture_output=True,
+                           text=True, check=True).stdout.split()
+            for _ in range(repeats)
+        ]
+    return {"gflops": max(float(r[0]) for r in runs), "vector_width": int(runs[0][1]),
+            "threads": threads}
 
 
 def timed(fn):
@@ -407,9 +441,39 @@ def main(argv=None):
         f"VanillaRNN fused path: {_fused_path_description()}"
     )
     print(markdown(results))
+    # The CPU's peak, for runs on the CPU (a GPU's is another matter).
+    peak = fma_peak(keras_threads()) if _on_cpu() else None
+    if peak is not None:
+        print(f"\n{_peak_summary(results, peak)}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+            json.dump({"results": results, "fma_peak": peak}, f, indent=2)
+
+
+def _peak_summary(results, peak):
+    """How much of the FMA peak (measured now, after the rounds) each size reaches."""
+    parts = [
+        f"{row['size']} train {100 * row['train']['vanilla_gflops'] / peak['gflops']:.0f}%, "
+        f"inference {100 * row['inference']['vanilla_gflops'] / peak['gflops']:.0f}%"
+        for row in results
+    ]
+    return (
+        f"FMA peak ({peak['threads']} threads, {peak['vector_width']}-wide float32 FMAs on "
+        f"registers, benchmarks/fma_peak.cc): {peak['gflops']:.0f} GFLOP/s. VanillaRNN "
+        "reaches: " + "; ".join(parts) + "."
+    )
+
+
+def _on_cpu():
+    import keras
+
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return jax.devices()[0].platform == "cpu"
+    import tensorflow as tf
+
+    return not tf.config.list_logical_devices("GPU")
 
 
 def _git_commit():

@@ -59,7 +59,7 @@ def test_benchmark_smoke(tmp_path, capsys):
         ["--rounds", "2", "--warmup", "1", "--sizes", "4,6,3,5", "--json", str(out)]
     )
     printed = capsys.readouterr().out
-    (row,) = json.loads(out.read_text())
+    (row,) = json.loads(out.read_text())["results"]
     assert row["size"] == [4, 6, 3, 5]
     for mode in ("train", "inference"):
         r = row[mode]
@@ -71,6 +71,11 @@ def test_benchmark_smoke(tmp_path, capsys):
     assert "VanillaRNN fused path: native kernels" in printed
     assert_header(printed)
     assert_torch_column(row, printed, installed=HAS_TORCH)
+    # The FMA peak, measured in the same run, and each size's share of it.
+    peak = json.loads(out.read_text())["fma_peak"]
+    assert peak["vector_width"] in (8, 16) and peak["gflops"] > 1
+    share = 100 * row["train"]["vanilla_gflops"] / peak["gflops"]
+    assert f"(4, 6, 3, 5) train {share:.0f}%" in printed
 
 
 def test_benchmark_runs_without_torch(tmp_path, capsys, monkeypatch):
@@ -80,7 +85,7 @@ def test_benchmark_runs_without_torch(tmp_path, capsys, monkeypatch):
         ["--rounds", "1", "--warmup", "1", "--sizes", "4,6,3,5", "--no-gradient-norms",
          "--json", str(out)]
     )
-    (row,) = json.loads(out.read_text())
+    (row,) = json.loads(out.read_text())["results"]
     assert_torch_column(row, capsys.readouterr().out, installed=False)
 
 
@@ -136,7 +141,7 @@ def test_benchmark_runs_on_the_jax_backend(tmp_path):
         env=env, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    (row,) = json.loads(out.read_text())
+    (row,) = json.loads(out.read_text())["results"]
     for mode in ("train", "inference"):
         for key in ("vanilla_ms", "simple_ms", "speedup", "ceiling", "limit_ms"):
             assert row[mode][key] > 0, (mode, key)
