@@ -4,9 +4,8 @@
 // benchmarks/benchmark.py with the native kernels' flags, so the vector
 // width is theirs: 16 floats with AVX-512, else 8 (AVX2/FMA).
 //
-// Enough chains to cover the FMA latency on two ports (4 cycles x 2 = 8 in
-// flight); the empty asm after each round makes every chain a register the
-// compiler must keep, so it cannot merge or shorten them.
+// More chains than the FMA latency times the ports (4 cycles x 2 = 8 in
+// flight) needs, so the ports, not the latency, set the pace.
 
 #include <immintrin.h>
 
@@ -30,18 +29,38 @@ inline Vec Set(float v) { return _mm256_set1_ps(v); }
 inline float First(Vec v) { return _mm256_cvtss_f32(v); }
 #endif
 
+// Twelve chains (enough for AVX2's two FMA ports; AVX-512 gets sixteen):
+// each round, one FMA per chain, then an empty asm that takes every chain
+// as a register operand, so the compiler keeps them all in registers and
+// cannot merge, reorder across rounds or shorten them.
+#define KERAS_VRNN_CHAINS(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11)
+#define KERAS_VRNN_DECLARE(i) Vec c##i = Set(1.f + i * 1e-3f);
+#define KERAS_VRNN_FMA(i) c##i = Fma(c##i, m, a);
+#define KERAS_VRNN_SUM(i) sum += First(c##i);
+
 float Chains(long iterations) {
-  Vec acc[kChains];
-  for (int i = 0; i < kChains; ++i) acc[i] = Set(1.f + i * 1e-3f);
   const Vec m = Set(0.999999f), a = Set(1e-7f);
+  KERAS_VRNN_CHAINS(KERAS_VRNN_DECLARE)
+#ifdef __AVX512F__
+  Vec c12 = Set(1.2f), c13 = Set(1.3f), c14 = Set(1.4f), c15 = Set(1.5f);
+#endif
   for (long it = 0; it < iterations; ++it) {
-#pragma GCC unroll 32
-    for (int i = 0; i < kChains; ++i) acc[i] = Fma(acc[i], m, a);
-#pragma GCC unroll 32
-    for (int i = 0; i < kChains; ++i) asm volatile("" : "+v"(acc[i]));
+    KERAS_VRNN_CHAINS(KERAS_VRNN_FMA)
+    asm volatile("" : "+v"(c0), "+v"(c1), "+v"(c2), "+v"(c3), "+v"(c4), "+v"(c5));
+    asm volatile("" : "+v"(c6), "+v"(c7), "+v"(c8), "+v"(c9), "+v"(c10), "+v"(c11));
+#ifdef __AVX512F__
+    c12 = Fma(c12, m, a);
+    c13 = Fma(c13, m, a);
+    c14 = Fma(c14, m, a);
+    c15 = Fma(c15, m, a);
+    asm volatile("" : "+v"(c12), "+v"(c13), "+v"(c14), "+v"(c15));
+#endif
   }
   float sum = 0;
-  for (int i = 0; i < kChains; ++i) sum += First(acc[i]);
+  KERAS_VRNN_CHAINS(KERAS_VRNN_SUM)
+#ifdef __AVX512F__
+  sum += First(c12) + First(c13) + First(c14) + First(c15);
+#endif
   return sum;
 }
 

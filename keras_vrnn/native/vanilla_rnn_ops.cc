@@ -9,12 +9,14 @@
 // Why native code: on a CPU a vanilla RNN step is a tiny (batch, units) x
 // (units, units) product, so per-step framework overhead dominates, and this
 // TensorFlow wheel's own matmul kernels are built for a generic x86-64 CPU.
-// Compiled here for the host CPU (-march=native). In float32 on a CPU with
-// AVX2/FMA the steps run on the register-tiled kernels of step_kernels.h,
-// which fuse each step's products with its elementwise work; elsewhere
-// (float64, other CPUs) on Eigen's GEMM. Each call cuts the batch into parts
-// that run on TensorFlow's intra-op threads: every row of the batch is its
-// own recurrence, so the parts give exactly the numbers of the whole batch.
+// Compiled here for the host CPU's instruction set, AVX2 or AVX-512 (the
+// flags are chosen in keras_vrnn/native.py). In float32 the steps run on the
+// register-tiled kernels of step_kernels.h, which fuse each step's products
+// with its elementwise work, 16 floats wide in an AVX-512 build (8 with
+// vector_width=8), 8 in an AVX2 one; float64 runs on Eigen's GEMM. Each call
+// cuts the batch into parts that run on TensorFlow's intra-op threads: every
+// row of the batch is its own recurrence, so the parts give exactly the
+// numbers of the whole batch.
 //
 // Layout: batch-major, row-major, like the Keras layer: inputs x (B, S, D);
 // probe, upstream and hs (B, S, H); h0 and the recurrent-dropout mask m
