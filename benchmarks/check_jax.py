@@ -8,7 +8,7 @@ covers, forwards and backwards, sequences and last output. It needs no
 TensorFlow, so it runs where only JAX is installed (an accelerator machine).
 
 Prints a table of the largest relative errors and exits with status 1 when
-one is over the issue's tolerances (forward 1e-5, gradients 1e-4 relative).
+one is over the tolerances (forward 1e-5, gradients 1e-4 relative, as in the tests).
 Matrix products run at full float32 precision (`--precision highest`, the
 default); with `--precision default` an accelerator may use reduced-precision
 products (TF32 on NVIDIA), and the table shows what that costs, unchecked.
