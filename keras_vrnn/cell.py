@@ -4,15 +4,7 @@ import numbers
 
 import keras
 from keras import activations
-from keras import constraints
 from keras import initializers
-from keras import ops
-from keras import regularizers
-
-# Keras' RNN layer pre-computes per-sequence dropout masks only for cells that
-# inherit this mixin (see `RNN._maybe_config_dropout_masks`); it is not part of
-# the public API, so we import it from its source module.
-from keras.src.layers.rnn.dropout_rnn_cell import DropoutRNNCell
 
 
 def check_units(units):
@@ -61,7 +53,7 @@ def get_initializer(name, identifier):
 
 
 @keras.saving.register_keras_serializable(package="keras_vrnn")
-class VanillaRNNCell(keras.layers.Layer, DropoutRNNCell):
+class VanillaRNNCell(keras.layers.SimpleRNNCell):
     """One step of a vanilla (Elman) RNN with weights shared across time.
 
     `h_t = activation(x_t @ kernel + h_{t-1} @ recurrent_kernel + bias)`
@@ -69,9 +61,9 @@ class VanillaRNNCell(keras.layers.Layer, DropoutRNNCell):
     The same three weights serve every time step. Use it inside
     `keras.layers.RNN` (alone, in a list of cells for a stack, or wrapped by
     `keras.layers.Bidirectional`); `keras_vrnn.VanillaRNN` wraps it with a
-    fast fused path. Numerically identical to `keras.layers.SimpleRNNCell`
-    with the same weights; unlike it, invalid arguments raise instead of
-    being clipped silently.
+    fast fused path. It is `keras.layers.SimpleRNNCell` (weights, step,
+    config), except that invalid arguments raise instead of being clipped
+    silently.
 
     Args:
         units: Positive integer, size of the hidden state.
@@ -136,40 +128,30 @@ class VanillaRNNCell(keras.layers.Layer, DropoutRNNCell):
         seed=None,
         **kwargs,
     ):
-        self.units = check_units(units)
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise ValueError(
                 f"Received: seed={seed!r}. Expected an integer or None."
             )
-        dropout = check_rate("dropout", dropout)
-        recurrent_dropout = check_rate("recurrent_dropout", recurrent_dropout)
-        super().__init__(**kwargs)
-        self.seed = seed
-        self.seed_generator = keras.random.SeedGenerator(seed)
-
-        self.activation = get_activation(activation)
-        self.use_bias = bool(use_bias)
-
-        self.kernel_initializer = get_initializer(
-            "kernel_initializer", kernel_initializer
+        super().__init__(
+            check_units(units),
+            activation=get_activation(activation),
+            use_bias=bool(use_bias),
+            kernel_initializer=get_initializer("kernel_initializer", kernel_initializer),
+            recurrent_initializer=get_initializer(
+                "recurrent_initializer", recurrent_initializer
+            ),
+            bias_initializer=get_initializer("bias_initializer", bias_initializer),
+            kernel_regularizer=kernel_regularizer,
+            recurrent_regularizer=recurrent_regularizer,
+            bias_regularizer=bias_regularizer,
+            kernel_constraint=kernel_constraint,
+            recurrent_constraint=recurrent_constraint,
+            bias_constraint=bias_constraint,
+            dropout=check_rate("dropout", dropout),
+            recurrent_dropout=check_rate("recurrent_dropout", recurrent_dropout),
+            seed=seed,
+            **kwargs,
         )
-        self.recurrent_initializer = get_initializer(
-            "recurrent_initializer", recurrent_initializer
-        )
-        self.bias_initializer = get_initializer("bias_initializer", bias_initializer)
-
-        self.kernel_regularizer = regularizers.get(kernel_regularizer)
-        self.recurrent_regularizer = regularizers.get(recurrent_regularizer)
-        self.bias_regularizer = regularizers.get(bias_regularizer)
-
-        self.kernel_constraint = constraints.get(kernel_constraint)
-        self.recurrent_constraint = constraints.get(recurrent_constraint)
-        self.bias_constraint = constraints.get(bias_constraint)
-
-        self.dropout = dropout
-        self.recurrent_dropout = recurrent_dropout
-        self.state_size = self.units
-        self.output_size = self.units
 
     def build(self, input_shape):
         if len(input_shape) != 2 or input_shape[-1] is None:
@@ -179,76 +161,4 @@ class VanillaRNNCell(keras.layers.Layer, DropoutRNNCell):
                 f"Received: input_shape={tuple(input_shape)}. Wrap the cell in "
                 "keras.layers.RNN and feed (batch, timesteps, features)."
             )
-        self.kernel = self.add_weight(
-            shape=(input_shape[-1], self.units),
-            name="kernel",
-            initializer=self.kernel_initializer,
-            regularizer=self.kernel_regularizer,
-            constraint=self.kernel_constraint,
-        )
-        self.recurrent_kernel = self.add_weight(
-            shape=(self.units, self.units),
-            name="recurrent_kernel",
-            initializer=self.recurrent_initializer,
-            regularizer=self.recurrent_regularizer,
-            constraint=self.recurrent_constraint,
-        )
-        if self.use_bias:
-            self.bias = self.add_weight(
-                shape=(self.units,),
-                name="bias",
-                initializer=self.bias_initializer,
-                regularizer=self.bias_regularizer,
-                constraint=self.bias_constraint,
-            )
-        else:
-            self.bias = None
-
-    def call(self, sequence, states, training=False):
-        prev_output = states[0] if isinstance(states, (list, tuple)) else states
-        dp_mask = self.get_dropout_mask(sequence)
-        rec_dp_mask = self.get_recurrent_dropout_mask(prev_output)
-
-        if training and dp_mask is not None:
-            sequence = sequence * dp_mask
-        # Same association order as SimpleRNNCell ((x W + b) + h U), so the
-        # two agree bit for bit in float32.
-        h = ops.matmul(sequence, self.kernel)
-        if self.bias is not None:
-            h = ops.add(h, self.bias)
-        if training and rec_dp_mask is not None:
-            prev_output = prev_output * rec_dp_mask
-        output = h + ops.matmul(prev_output, self.recurrent_kernel)
-        if self.activation is not None:
-            output = self.activation(output)
-
-        new_state = [output] if isinstance(states, (list, tuple)) else output
-        return output, new_state
-
-    def get_initial_state(self, batch_size=None):
-        return [ops.zeros((batch_size, self.state_size), dtype=self.compute_dtype)]
-
-    def get_config(self):
-        config = {
-            "units": self.units,
-            "activation": activations.serialize(self.activation),
-            "use_bias": self.use_bias,
-            "kernel_initializer": initializers.serialize(self.kernel_initializer),
-            "recurrent_initializer": initializers.serialize(
-                self.recurrent_initializer
-            ),
-            "bias_initializer": initializers.serialize(self.bias_initializer),
-            "kernel_regularizer": regularizers.serialize(self.kernel_regularizer),
-            "recurrent_regularizer": regularizers.serialize(
-                self.recurrent_regularizer
-            ),
-            "bias_regularizer": regularizers.serialize(self.bias_regularizer),
-            "kernel_constraint": constraints.serialize(self.kernel_constraint),
-            "recurrent_constraint": constraints.serialize(self.recurrent_constraint),
-            "bias_constraint": constraints.serialize(self.bias_constraint),
-            "dropout": self.dropout,
-            "recurrent_dropout": self.recurrent_dropout,
-            "seed": self.seed,
-        }
-        base_config = super().get_config()
-        return {**base_config, **config}
+        super().build(input_shape)
