@@ -223,33 +223,23 @@ def _to_tensor(a):
 
 
 @contextlib.contextmanager
-def _patched(entries, name, make):
-    """Sets `layer.<name> = make(key, layer, layer.<name>)` on each layer of
-    `entries` ((key, layer) pairs) for the duration, then restores what the
-    instance had before (its own attribute, or none: the class's again)."""
-    patched = []
-    try:
+def _attached(entries, make_source, **options):
+    """Attaches `make_source(key, layer)` (see `probe.attach`) to each layer
+    of `entries` ((key, layer) pairs) for the duration."""
+    with contextlib.ExitStack() as stack:
         for key, layer in entries:
-            previous = layer.__dict__.get(name)
-            object.__setattr__(layer, name, make(key, layer, getattr(layer, name)))
-            patched.append((layer, previous))
+            stack.enter_context(
+                probe_lib.attach(layer, make_source(key, layer), **options)
+            )
         yield
-    finally:
-        for layer, previous in reversed(patched):
-            if previous is None:
-                object.__delattr__(layer, name)
-            else:
-                object.__setattr__(layer, name, previous)
 
 
-@contextlib.contextmanager
 def _probing(entries, tape, records, direct):
-    """Patches each layer's `call` (for the duration) so that every call
-    creates a zero probe shaped like its input sequence, watches it on `tape`
-    and runs with it attached (`probe.attached_probe`)."""
+    """Every call of a layer of `entries` gets a zero probe shaped like its
+    hidden states, watched on `tape` and recorded in `records[key]`."""
 
-    def make_call(key, layer, original):
-        def call(sequences, *args, **kwargs):
+    def make_source(key, layer):
+        def source(sequences, initial_state, mask):
             shape = keras.ops.shape(sequences)
             dtype = sequences.dtype
             if not dtype.is_floating:
@@ -259,17 +249,13 @@ def _probing(entries, tape, records, direct):
             )
             tape.watch(probe)
             records.setdefault(key, []).append(probe)
-            # Only the probes are differentiated (the tape watches nothing
-            # else), so the native kernels may skip the weight gradients.
-            with probe_lib.attached_probe(
-                layer, probe, direct_only=direct, weight_gradients=False
-            ):
-                return original(sequences, *args, **kwargs)
+            return probe
 
-        return call
+        return source
 
-    with _patched(entries, "call", make_call):
-        yield
+    # Only the probes are differentiated (the tape watches nothing else), so
+    # the native kernels may skip the weight gradients.
+    return _attached(entries, make_source, direct_only=direct, weight_gradients=False)
 
 
 def _row_norms(g):
@@ -542,13 +528,12 @@ def recurrent_kernel_stats(layer):
     }
 
 
-@contextlib.contextmanager
 def _capturing(entries, captured):
-    """Patches each layer's `inner_loop` to record its (sequences,
-    initial_state, mask) as NumPy arrays."""
+    """Records the first call's (sequences, h0, mask) of each layer of
+    `entries` in `captured[key]`, as NumPy arrays; attaches no probe."""
 
-    def make_loop(key, layer, original):
-        def inner_loop(sequences, initial_state, mask, training=False):
+    def make_source(key, layer):
+        def source(sequences, initial_state, mask):
             h0 = initial_state
             if isinstance(h0, (list, tuple)):
                 h0 = h0[0]
@@ -558,12 +543,11 @@ def _capturing(entries, captured):
                 keras.ops.convert_to_numpy(h0),
                 None if m is None else keras.ops.convert_to_numpy(m).astype(bool),
             ))
-            return original(sequences, initial_state, mask, training=training)
+            return None
 
-        return inner_loop
+        return source
 
-    with _patched(entries, "inner_loop", make_loop):
-        yield
+    return _attached(entries, make_source)
 
 
 _NUMPY_ACTIVATIONS = {

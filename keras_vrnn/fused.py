@@ -16,15 +16,22 @@ Memory: the backward keeps the T hidden states and the projected inputs,
 O(batch * T * units), nothing per step beyond that (the native kernels keep
 the hidden states and the layer's inputs only).
 
-Backends: TensorFlow and JAX. On TensorFlow on a CPU, native kernels built
-for this machine on first use (`keras_vrnn.native`: the projection, both
-loops and the weight gradients in two custom ops, the batch cut into parts
-run on TensorFlow's intra-op threads); where they cannot be built, on an
-accelerator, in float16 or inside an XLA-compiled function, an XLA-compiled
-`tf.while_loop` with `tf.custom_gradient` (see `keras_vrnn.fused_tf`). On
-JAX, `lax.scan` with `jax.custom_vjp`.
-Other backends, masks, `unroll=True` and activations other than tanh, relu,
-sigmoid and linear use the generic loop.
+Layout, as in Keras' own RNN layers (`keras.layers.LSTM` and
+`keras/src/backend/*/rnn.py`): `VanillaRNN.inner_loop` asks the current
+backend's kernel module for the recurrence and falls back to the generic
+loop. Each backend's kernel lives in its own module with the same entry
+point, `recurrence_from_inputs(x, kernel, bias, h0, recurrent_kernel, act,
+rec_mask, probe, weight_gradients)`:
+
+- `keras_vrnn.fused_tf` (TensorFlow): on a CPU, native kernels built for this
+  machine on first use (`keras_vrnn.native`); where they cannot be built, on
+  an accelerator, in float16 or inside an XLA-compiled function, an
+  XLA-compiled `tf.while_loop` with `tf.custom_gradient`;
+- `keras_vrnn.fused_jax` (JAX): `lax.scan` with `jax.custom_vjp`.
+
+This module holds what both share and imports neither. Other backends, masks,
+`unroll=True` and activations other than tanh, relu, sigmoid and linear use
+the generic loop.
 
 A gradient probe (see `keras_vrnn.probe`) is supported: `h_t = act(z_t) +
 p_t`, and the probe's gradient is the total dL/dh_t the reverse loop already
@@ -65,56 +72,6 @@ def unsupported_reason(layer, mask, direct_only=False):
     if direct_only:
         return "a direct-only gradient probe cuts the recurrence"
     return None
-
-
-def fused_inner_loop(
-    layer, sequences, initial_state, training=False, probe=None, weight_gradients=True
-):
-    """Drop-in for `RNN.inner_loop`: returns `(last_output, outputs, states)`.
-
-    `weight_gradients=False` (see `probe.attached_probe`) lets the native
-    kernels skip the weight gradients; the other implementations ignore it.
-    """
-    cell = layer.cell
-    dtype = sequences.dtype
-    h0 = initial_state[0] if isinstance(initial_state, (list, tuple)) else initial_state
-    h0 = ops.cast(h0, dtype)
-    x = sequences
-    # Dropout masks are the cell's own (one per sequence), so both paths drop
-    # exactly the same units for the same seed.
-    if training and cell.dropout > 0:
-        x = x * ops.expand_dims(cell.get_dropout_mask(x[:, 0, :]), 1)
-    rec_mask = None
-    if training and cell.recurrent_dropout > 0:
-        rec_mask = ops.cast(cell.get_recurrent_dropout_mask(h0), dtype)
-
-    kernel = ops.cast(cell.kernel, dtype)
-    recurrent_kernel = ops.cast(cell.recurrent_kernel, dtype)
-    if probe is not None:
-        probe = ops.cast(probe, dtype)
-    # Batch-major (B, T, .) throughout, like the layer's inputs and outputs,
-    # so that no transpose runs outside the compiled loops.
-    if layer.go_backwards:
-        x = ops.flip(x, axis=1)
-        if probe is not None:
-            probe = ops.flip(probe, axis=1)
-    bias = None if cell.bias is None else ops.cast(cell.bias, dtype)
-    act = activation_name(cell.activation)
-    if keras.backend.backend() == "tensorflow":
-        from keras_vrnn import fused_tf
-
-        outputs = fused_tf.recurrence_from_inputs(
-            x, kernel, bias, h0, recurrent_kernel, act, rec_mask, probe,
-            weight_gradients=weight_gradients,
-        )
-    else:
-        from keras_vrnn import fused_jax
-
-        outputs = fused_jax.recurrence(
-            project(x, kernel, bias), h0, recurrent_kernel, act, rec_mask, probe
-        )
-    last = outputs[:, -1]
-    return last, outputs, [last]
 
 
 def project(x, kernel, bias):

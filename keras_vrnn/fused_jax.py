@@ -11,8 +11,10 @@ import jax
 import jax.numpy as jnp
 
 from keras_vrnn.fused import activation_derivative
+from keras_vrnn.fused import project
 
-UNROLL = 4
+# Steps per iteration of the compiled loops.
+_UNROLL = 4
 
 _ACTIVATIONS = {
     "tanh": jnp.tanh,
@@ -33,7 +35,7 @@ def _forward(act, projected, h0, recurrent_kernel, rec_mask, probe):
             h = h + p
         return h, h
 
-    _, hs = jax.lax.scan(step, h0, (projected, probe), unroll=UNROLL)
+    _, hs = jax.lax.scan(step, h0, (projected, probe), unroll=_UNROLL)
     return hs
 
 
@@ -66,7 +68,7 @@ def _recurrence_bwd(act, residuals, upstream):
         jnp.zeros_like(h0),
         (upstream, derivative),
         reverse=True,
-        unroll=UNROLL,
+        unroll=_UNROLL,
     )
     h_prev = jnp.concatenate([h0[None], hs[:-1]], axis=0)
     if rec_mask is not None:
@@ -79,6 +81,18 @@ def _recurrence_bwd(act, residuals, upstream):
 
 
 _recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
+
+
+def recurrence_from_inputs(
+    x, kernel, bias, h0, recurrent_kernel, act, rec_mask=None, probe=None,
+    weight_gradients=True,
+):
+    """Same contract as `keras_vrnn.fused_tf.recurrence_from_inputs`.
+
+    `weight_gradients` is accepted for that contract and not needed: under
+    `jit`, XLA drops the weight gradients nobody uses.
+    """
+    return recurrence(project(x, kernel, bias), h0, recurrent_kernel, act, rec_mask, probe)
 
 
 def recurrence(projected, h0, recurrent_kernel, act, rec_mask=None, probe=None):

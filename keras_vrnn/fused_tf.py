@@ -15,12 +15,23 @@ ablations of it on a 2-core machine, and what this module does about it:
 - One idle core: XLA runs the small per-step `(B, H) x (H, H)` product on
   one core, so on a CPU the batch is cut in two halves that run as two
   independent compiled loops, which TensorFlow's executor runs concurrently
-  (`BATCH_PARTS`). The halves give the same numbers as the whole batch:
-  every row of the batch is its own recurrence.
+  (`KERAS_VRNN_BATCH_PARTS`). The halves give the same numbers as the whole
+  batch: every row of the batch is its own recurrence.
 - dW_hh: one GEMM over all steps after the backward loop, by TensorFlow's
   matmul (with XLA's, the train step at (64,200,64,256) was 1.47x instead
   of 1.68x faster than SimpleRNN); the compiled backward lays out its left
   operand, where the copy is fused.
+
+Environment, read each time a loop is built (eagerly: at every call; in a
+`tf.function`: when it is traced):
+
+- `KERAS_VRNN_BATCH_PARTS` (default 2): into how many concurrent parts the
+  XLA loops cut a batch of 32 rows or more on a CPU with 2+ cores; 1 runs
+  the batch as one loop. Never cut on an accelerator. (The native kernels
+  cut the batch themselves, one part per intra-op thread.)
+- `KERAS_VRNN_XLA=0` runs the loops without XLA compilation (the same code,
+  step by step; slower, for debugging).
+- `KERAS_VRNN_NATIVE=0` turns the native kernels off (see `keras_vrnn.native`).
 """
 
 import os
@@ -31,20 +42,16 @@ from tensorflow.python.ops import control_flow_util
 from keras_vrnn import native
 from keras_vrnn.fused import activation_derivative, project
 
-# Whether the loops are XLA-compiled, and into how many concurrent parts the
-# batch is cut on a CPU with more than one core. Chosen with
-# benchmarks/benchmark.py on a 2-core CPU (see README).
-USE_XLA = True
-# Whether the native CPU kernels (`keras_vrnn.native`) run the loops where
-# they can; they cut the batch into parts of at least MIN_PART_ROWS rows,
+# The native kernels cut the batch into parts of at least this many rows,
 # one per intra-op thread.
-USE_NATIVE = True
-MIN_PART_ROWS = 16
-BATCH_PARTS = 2
+_MIN_PART_ROWS = 16
+# Default of KERAS_VRNN_BATCH_PARTS, chosen with benchmarks/benchmark.py on
+# a 2-core CPU (see README).
+_BATCH_PARTS = 2
 # A batch below this is not cut (decided at run time when its size is unknown
 # at trace time): each part would be too small a product for a second core
 # to pay for the extra launch.
-MIN_SPLIT_BATCH = 32
+_MIN_SPLIT_BATCH = 32
 
 _ACTIVATIONS = {
     "tanh": tf.tanh,
@@ -52,6 +59,25 @@ _ACTIVATIONS = {
     "relu": tf.nn.relu,
     "linear": lambda z: z,
 }
+
+
+def _batch_parts():
+    """`KERAS_VRNN_BATCH_PARTS`, a positive integer (default 2)."""
+    value = os.environ.get("KERAS_VRNN_BATCH_PARTS", "").strip()
+    if not value:
+        return _BATCH_PARTS
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(
+            f"Received: KERAS_VRNN_BATCH_PARTS={value!r}. Expected a positive "
+            "integer, the number of concurrent parts of a batch (1: no cut)."
+        )
+    return int(value)
+
+
+def _use_xla():
+    """False when `KERAS_VRNN_XLA` is 0/false/no/off."""
+    value = os.environ.get("KERAS_VRNN_XLA", "1").strip().lower()
+    return value not in ("0", "false", "no", "off")
 
 
 def _swap_batch_time(t):
@@ -137,18 +163,20 @@ _backward_xla = tf.function(_backward, jit_compile=True)
 def _parts(batch):
     """Into how many parts a batch of `batch` rows (None: unknown) is cut.
 
-    On a CPU with 2+ cores, `BATCH_PARTS` from `MIN_SPLIT_BATCH` rows on;
-    for a batch size unknown at trace time (as in `fit` on a dataset with a
-    partial last batch) that is decided at run time (`recurrence`). Never on
-    an accelerator, where one loop already fills the device.
+    On a CPU with 2+ cores, `KERAS_VRNN_BATCH_PARTS` parts from
+    `_MIN_SPLIT_BATCH` rows on; for a batch size unknown at trace time (as in
+    `fit` on a dataset with a partial last batch) that is decided at run time
+    (`recurrence`). Never on an accelerator, where one loop already fills the
+    device.
     """
-    if BATCH_PARTS < 2 or (os.cpu_count() or 1) < 2:
+    parts = _batch_parts()
+    if parts < 2 or (os.cpu_count() or 1) < 2:
         return 1
-    if batch is not None and batch < MIN_SPLIT_BATCH:
+    if batch is not None and batch < _MIN_SPLIT_BATCH:
         return 1
     if tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"):
         return 1
-    return BATCH_PARTS
+    return parts
 
 
 def _split(t, parts):
@@ -170,9 +198,10 @@ def _native_library(dtype):
     """The native kernels when they can run here (`keras_vrnn.native`), else None.
 
     Not on an accelerator, not inside an XLA-compiled function (a custom op
-    has no XLA kernel; the XLA loops nest there), float32/float64 only.
+    has no XLA kernel; the XLA loops nest there), float32/float64 only, and
+    not with `KERAS_VRNN_NATIVE=0` (`native.library()` gives None then).
     """
-    if not USE_NATIVE or dtype not in (tf.float32, tf.float64):
+    if dtype not in (tf.float32, tf.float64):
         return None
     if tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"):
         return None
@@ -196,7 +225,7 @@ def _native_recurrence(
     def _recurrence(x, kernel, h0, recurrent_kernel, *optional):
         given = iter(optional)
         b, m, p = [next(given) if t is not None else empty for t in (bias, rec_mask, probe)]
-        options = dict(activation=act, min_part_rows=MIN_PART_ROWS)
+        options = dict(activation=act, min_part_rows=_MIN_PART_ROWS)
         hs = lib.keras_vrnn_forward(x, kernel, b, h0, recurrent_kernel, m, p, **options)
 
         def grad(upstream):
@@ -251,8 +280,9 @@ def recurrence(projected, h0, recurrent_kernel, act, rec_mask=None, probe=None):
     `rec_mask` (B, H). Returns hs (B, T, H), differentiable with respect to
     projected, h0, U and probe by the hand-written BPTT above.
     """
-    forward = _forward_xla if USE_XLA else _forward
-    backward = _backward_xla if USE_XLA else _backward
+    xla = _use_xla()
+    forward = _forward_xla if xla else _forward
+    backward = _backward_xla if xla else _backward
     # The loops carry (B, H) tensors, which must keep one static shape: a
     # batch size known on one input holds for all.
     batch = projected.shape[0] if projected.shape[0] is not None else h0.shape[0]
@@ -266,7 +296,7 @@ def recurrence(projected, h0, recurrent_kernel, act, rec_mask=None, probe=None):
     extra = [t for t in (rec_mask, probe) if t is not None]
 
     def if_large(in_parts, whole):
-        return tf.cond(tf.shape(projected)[0] >= MIN_SPLIT_BATCH, in_parts, whole)
+        return tf.cond(tf.shape(projected)[0] >= _MIN_SPLIT_BATCH, in_parts, whole)
 
     @tf.custom_gradient
     def _recurrence(projected, h0, recurrent_kernel, *extra):

@@ -1,9 +1,6 @@
 """`VanillaRNN`: a drop-in for `keras.layers.SimpleRNN` with a fused fast path."""
 
 import keras
-from keras import activations
-from keras import constraints
-from keras import initializers
 from keras import ops
 from keras import regularizers
 
@@ -11,7 +8,22 @@ from keras_vrnn import fused
 from keras_vrnn import probe as probe_lib
 from keras_vrnn.cell import VanillaRNNCell
 
-_USE_FUSED_VALUES = ("auto", True, False)
+# The fused kernel of the backend Keras runs on (fixed when Keras is
+# imported), as Keras' LSTM and GRU take theirs from `keras.src.backend`.
+if keras.backend.backend() == "tensorflow":
+    from keras_vrnn import fused_tf as _fused_backend
+elif keras.backend.backend() == "jax":
+    from keras_vrnn import fused_jax as _fused_backend
+else:
+    _fused_backend = None
+
+# Layer-level keys of the cell's config, which the layer writes itself.
+_CELL_LAYER_KEYS = ("name", "trainable", "dtype")
+
+
+def _cell_setting(name):
+    """A read-only property forwarding to the cell, as in SimpleRNN."""
+    return property(lambda self: getattr(self.cell, name), doc=f"The cell's `{name}`.")
 
 
 @keras.saving.register_keras_serializable(package="keras_vrnn")
@@ -212,19 +224,19 @@ class VanillaRNN(keras.layers.RNN):
         )
 
     # -- the loop ---------------------------------------------------------
+    # `probe.attach` needs no hook here: `inner_loop` reads the probe itself.
+    reads_probes = True
+
     def inner_loop(self, sequences, initial_state, mask, training=False):
         if isinstance(mask, (list, tuple)):
             mask = mask[0]
-        probe, direct_only = probe_lib.get_probe(self)
+        probe = probe_lib.lookup(self, sequences, initial_state, mask)
         # A direct-only probe cuts the recurrence, which only the generic
         # loop can do; a diagnostic must not fail on the user's use_fused.
-        if self.use_fused in ("auto", True) and not direct_only:
-            reason = fused.unsupported_reason(self, mask, direct_only)
+        if self.use_fused is not False and not (probe and probe.direct_only):
+            reason = fused.unsupported_reason(self, mask)
             if reason is None:
-                return fused.fused_inner_loop(
-                    self, sequences, initial_state, training=training, probe=probe,
-                    weight_gradients=probe_lib.weight_gradients_wanted(self),
-                )
+                return self._fused_inner_loop(sequences, initial_state, training, probe)
             if self.use_fused is True:
                 raise ValueError(
                     f"Layer '{self.name}' has use_fused=True but the fused path "
@@ -233,100 +245,75 @@ class VanillaRNN(keras.layers.RNN):
                 )
         if probe is not None:
             return probe_lib.probed_inner_loop(
-                self, sequences, initial_state, mask, training
+                self, sequences, initial_state, mask, training, probe
             )
         return super().inner_loop(sequences, initial_state, mask, training)
 
-    # -- the cell's settings, read-only as in SimpleRNN ----------------------
-    @property
-    def units(self):
-        return self.cell.units
+    def _fused_inner_loop(self, sequences, initial_state, training, probe):
+        """`inner_loop` by the backend's fused kernel (see `keras_vrnn.fused`)."""
+        cell = self.cell
+        dtype = sequences.dtype
+        h0 = initial_state[0] if isinstance(initial_state, (list, tuple)) else initial_state
+        h0 = ops.cast(h0, dtype)
+        x = sequences
+        # Dropout masks are the cell's own (one per sequence), so both paths
+        # drop exactly the same units for the same seed.
+        if training and cell.dropout > 0:
+            x = x * ops.expand_dims(cell.get_dropout_mask(x[:, 0, :]), 1)
+        rec_mask = None
+        if training and cell.recurrent_dropout > 0:
+            rec_mask = ops.cast(cell.get_recurrent_dropout_mask(h0), dtype)
+        p = None if probe is None else ops.cast(probe.tensor, dtype)
+        # Batch-major (B, T, .) throughout, like the layer's inputs and
+        # outputs, so that no transpose runs outside the compiled loops.
+        if self.go_backwards:
+            x = ops.flip(x, axis=1)
+            p = None if p is None else ops.flip(p, axis=1)
+        outputs = _fused_backend.recurrence_from_inputs(
+            x,
+            ops.cast(cell.kernel, dtype),
+            None if cell.bias is None else ops.cast(cell.bias, dtype),
+            h0,
+            ops.cast(cell.recurrent_kernel, dtype),
+            fused.activation_name(cell.activation),
+            rec_mask,
+            p,
+            weight_gradients=probe is None or probe.weight_gradients,
+        )
+        last = outputs[:, -1]
+        return last, outputs, [last]
 
-    @property
-    def activation(self):
-        return self.cell.activation
-
-    @property
-    def use_bias(self):
-        return self.cell.use_bias
-
-    @property
-    def kernel_initializer(self):
-        return self.cell.kernel_initializer
-
-    @property
-    def recurrent_initializer(self):
-        return self.cell.recurrent_initializer
-
-    @property
-    def bias_initializer(self):
-        return self.cell.bias_initializer
-
-    @property
-    def kernel_regularizer(self):
-        return self.cell.kernel_regularizer
-
-    @property
-    def recurrent_regularizer(self):
-        return self.cell.recurrent_regularizer
-
-    @property
-    def bias_regularizer(self):
-        return self.cell.bias_regularizer
-
-    @property
-    def kernel_constraint(self):
-        return self.cell.kernel_constraint
-
-    @property
-    def recurrent_constraint(self):
-        return self.cell.recurrent_constraint
-
-    @property
-    def bias_constraint(self):
-        return self.cell.bias_constraint
-
-    @property
-    def dropout(self):
-        return self.cell.dropout
-
-    @property
-    def recurrent_dropout(self):
-        return self.cell.recurrent_dropout
-
-    @property
-    def seed(self):
-        return self.cell.seed
+    # -- the cell's settings, read-only as in SimpleRNN --------------------
+    units = _cell_setting("units")
+    activation = _cell_setting("activation")
+    use_bias = _cell_setting("use_bias")
+    kernel_initializer = _cell_setting("kernel_initializer")
+    recurrent_initializer = _cell_setting("recurrent_initializer")
+    bias_initializer = _cell_setting("bias_initializer")
+    kernel_regularizer = _cell_setting("kernel_regularizer")
+    recurrent_regularizer = _cell_setting("recurrent_regularizer")
+    bias_regularizer = _cell_setting("bias_regularizer")
+    kernel_constraint = _cell_setting("kernel_constraint")
+    recurrent_constraint = _cell_setting("recurrent_constraint")
+    bias_constraint = _cell_setting("bias_constraint")
+    dropout = _cell_setting("dropout")
+    recurrent_dropout = _cell_setting("recurrent_dropout")
+    seed = _cell_setting("seed")
 
     def get_config(self):
-        config = {
-            "units": self.units,
-            "activation": activations.serialize(self.activation),
-            "use_bias": self.use_bias,
-            "kernel_initializer": initializers.serialize(self.kernel_initializer),
-            "recurrent_initializer": initializers.serialize(
-                self.recurrent_initializer
-            ),
-            "bias_initializer": initializers.serialize(self.bias_initializer),
-            "kernel_regularizer": regularizers.serialize(self.kernel_regularizer),
-            "recurrent_regularizer": regularizers.serialize(
-                self.recurrent_regularizer
-            ),
-            "bias_regularizer": regularizers.serialize(self.bias_regularizer),
-            "activity_regularizer": regularizers.serialize(
-                self.activity_regularizer
-            ),
-            "kernel_constraint": constraints.serialize(self.kernel_constraint),
-            "recurrent_constraint": constraints.serialize(self.recurrent_constraint),
-            "bias_constraint": constraints.serialize(self.bias_constraint),
-            "dropout": self.dropout,
-            "recurrent_dropout": self.recurrent_dropout,
-            "seed": self.seed,
+        # The RNN base writes the layer's own settings and the cell; the
+        # cell's arguments are the layer's, flattened as in SimpleRNN.
+        config = super().get_config()
+        del config["cell"]
+        cell_config = self.cell.get_config()
+        for key in _CELL_LAYER_KEYS:
+            del cell_config[key]
+        return {
+            **config,
+            **cell_config,
+            "activity_regularizer": regularizers.serialize(self.activity_regularizer),
             "use_fused": self.use_fused,
         }
-        base_config = super().get_config()
-        del base_config["cell"]
-        return {**base_config, **config}
 
     @classmethod
     def from_config(cls, config):

@@ -8,74 +8,104 @@ h_{t+1}, ...): full BPTT from one forward and one backward pass. With
 probe's gradient is only the direct part (the path that does not go through
 h_{t+1} of the same layer).
 
-`keras_vrnn.diagnostics` attaches probes with `attached_probe`; the RNN
-layers read them in `inner_loop`.
+One mechanism serves every probed layer: `attach` records, for one layer and
+for the duration of a `with` block, a source that gives the probe of each
+call of the layer's loop (`attached_probe`: one fixed tensor); the loop asks
+`lookup` for it. `keras_vrnn.VanillaRNN` does so in its `inner_loop` (the
+fused path adds the probe in its own loops); a `keras.layers.RNN` wrapping a
+`VanillaRNNCell`, whose loop knows nothing of probes, gets `inner_loop` of
+this module on the instance for the duration. `keras_vrnn.diagnostics`
+attaches probes this way. Nothing here imports the layer.
 """
 
+import collections
 import contextlib
 
 from keras import ops
 from keras.src import backend as keras_backend  # `rnn` loop, as RNN uses it
 
-_ATTR = "_vrnn_probe"
-_NO_WEIGHT_GRADIENTS = "_vrnn_probe_no_weight_gradients"
+Probe = collections.namedtuple("Probe", ["tensor", "direct_only", "weight_gradients"])
 
-
-def get_probe(layer):
-    """Returns `(probe, direct_only)` attached to `layer`, or `(None, False)`."""
-    return getattr(layer, _ATTR, None) or (None, False)
-
-
-def weight_gradients_wanted(layer):
-    """False while a probe attached with `weight_gradients=False` is on `layer`."""
-    return not getattr(layer, _NO_WEIGHT_GRADIENTS, False)
+# id(layer) -> (source, direct_only, weight_gradients), while attached.
+_ATTACHED = {}
 
 
 @contextlib.contextmanager
-def attached_probe(layer, probe, direct_only=False, weight_gradients=True):
-    """Attaches `probe` (batch, timesteps, units) to an RNN layer for one call.
+def attach(layer, source, direct_only=False, weight_gradients=True):
+    """Attaches a probe source to an RNN layer for the duration.
 
-    With `weight_gradients=False` the caller promises to differentiate with
+    `source(sequences, initial_state, mask)` is called by each call of the
+    layer's loop with its arguments and returns the probe `(batch, timesteps,
+    units)` for that call, or None to run the loop unprobed. With
+    `weight_gradients=False` the caller promises to differentiate with
     respect to the probe (or the inputs) only: the native kernels then skip
     the weight gradients, and the layer's weights get zero gradients from
-    this call (a gradient-norm measurement needs dL/dh_t alone).
+    these calls.
 
-    Works for `keras_vrnn.VanillaRNN` and for `keras.layers.RNN` wrapping a
-    single `VanillaRNNCell` (whose `inner_loop` is redirected for the
-    duration). Object attributes are set with `object.__setattr__` so Keras'
-    attribute tracking does not record the temporary tensors.
+    For a layer without `reads_probes` (a plain `keras.layers.RNN`),
+    `inner_loop` is set on the instance for the duration, with
+    `object.__setattr__` so that Keras' attribute tracking does not see it.
     """
-    from keras_vrnn.layer import VanillaRNN
-
-    object.__setattr__(layer, _ATTR, (probe, bool(direct_only)))
-    object.__setattr__(layer, _NO_WEIGHT_GRADIENTS, not weight_gradients)
-    patched = not isinstance(layer, VanillaRNN)
-    if patched:
+    key = id(layer)
+    previous = _ATTACHED.get(key)
+    _ATTACHED[key] = (source, bool(direct_only), bool(weight_gradients))
+    hooked = not getattr(layer, "reads_probes", False) and "inner_loop" not in vars(layer)
+    if hooked:
         object.__setattr__(
             layer,
             "inner_loop",
-            lambda sequences, initial_state, mask, training=False: probed_inner_loop(
+            lambda sequences, initial_state, mask, training=False: inner_loop(
                 layer, sequences, initial_state, mask, training
             ),
         )
     try:
-        yield probe
+        yield
     finally:
-        object.__delattr__(layer, _ATTR)
-        object.__delattr__(layer, _NO_WEIGHT_GRADIENTS)
-        if patched:
+        if previous is None:
+            del _ATTACHED[key]
+        else:
+            _ATTACHED[key] = previous
+        if hooked:
             object.__delattr__(layer, "inner_loop")
 
 
-def probed_inner_loop(layer, sequences, initial_state, mask, training=False):
-    """The generic RNN loop with the attached probe added to each h_t."""
-    probe, direct_only = get_probe(layer)
+@contextlib.contextmanager
+def attached_probe(layer, probe, direct_only=False, weight_gradients=True):
+    """Attaches one probe tensor (batch, timesteps, units) to an RNN layer.
+
+    Works for `keras_vrnn.VanillaRNN` and for `keras.layers.RNN` wrapping a
+    single `VanillaRNNCell`; see `attach` for the arguments.
+    """
+    with attach(layer, lambda *_: probe, direct_only, weight_gradients):
+        yield probe
+
+
+def lookup(layer, sequences, initial_state, mask):
+    """The `Probe` of this call of `layer`'s loop, or None."""
+    entry = _ATTACHED.get(id(layer))
+    if entry is None:
+        return None
+    source, direct_only, weight_gradients = entry
+    tensor = source(sequences, initial_state, mask)
+    return None if tensor is None else Probe(tensor, direct_only, weight_gradients)
+
+
+def inner_loop(layer, sequences, initial_state, mask, training=False):
+    """`RNN.inner_loop` of a probed `keras.layers.RNN` (see `attach`)."""
+    probe = lookup(layer, sequences, initial_state, mask)
+    if probe is None:
+        return type(layer).inner_loop(layer, sequences, initial_state, mask, training)
+    return probed_inner_loop(layer, sequences, initial_state, mask, training, probe)
+
+
+def probed_inner_loop(layer, sequences, initial_state, mask, training, probe):
+    """The generic RNN loop with `probe` (a `Probe`) added to each h_t."""
     cell = layer.cell
     features = sequences.shape[-1]
     # The probe travels with the inputs so `go_backwards` and masking treat
     # it exactly like the input of the same time step.
     packed = ops.concatenate(
-        [sequences, ops.cast(probe, sequences.dtype)], axis=-1
+        [sequences, ops.cast(probe.tensor, sequences.dtype)], axis=-1
     )
     if isinstance(mask, (list, tuple)):
         mask = mask[0]
@@ -83,7 +113,7 @@ def probed_inner_loop(layer, sequences, initial_state, mask, training=False):
     def step(inputs, states):
         x, p = inputs[:, :features], inputs[:, features:]
         prev = states[0]
-        if direct_only:
+        if probe.direct_only:
             prev = ops.stop_gradient(prev)
         output, _ = cell(x, [prev], training=training)
         output = output + ops.cast(p, output.dtype)

@@ -244,18 +244,18 @@ def check_against_reference(result, expected, tol, grads=True):
 
 @pytest.fixture
 def fused_calls(monkeypatch):
-    """Counts calls of the fused path (`keras_vrnn.fused.fused_inner_loop`),
-    so a test can assert which path a layer really took."""
-    from keras_vrnn import fused
+    """Counts calls of the fused path (`VanillaRNN._fused_inner_loop`), so a
+    test can assert which path a layer really took."""
+    from keras_vrnn.layer import VanillaRNN
 
     calls = []
-    original = fused.fused_inner_loop
+    original = VanillaRNN._fused_inner_loop
 
     def spy(*args, **kwargs):
         calls.append(1)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(fused, "fused_inner_loop", spy)
+    monkeypatch.setattr(VanillaRNN, "_fused_inner_loop", spy)
     return calls
 
 
@@ -271,9 +271,7 @@ def no_xla(monkeypatch):
     test_cell.py, which test the layer's API and its agreement with
     SimpleRNN, run the native kernels, or the same XLA loop code uncompiled.
     """
-    from keras_vrnn import fused_tf
-
-    monkeypatch.setattr(fused_tf, "USE_XLA", False)
+    monkeypatch.setenv("KERAS_VRNN_XLA", "0")
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,7 @@ import tensorflow as tf
 from keras_vrnn import VanillaRNN
 from keras_vrnn import VanillaRNNCell
 from keras_vrnn import fused as fused_lib
+from keras_vrnn import probe as probe_lib
 from keras_vrnn.probe import attached_probe
 from rnn_configs import ACTIVATIONS
 
@@ -58,9 +59,7 @@ def _xla_only_for(activation, monkeypatch, compiled=("tanh", "relu")):
     activations, the variant tests below run the others uncompiled (the very
     same loop code, run eagerly)."""
     if activation not in compiled:
-        from keras_vrnn import fused_tf
-
-        monkeypatch.setattr(fused_tf, "USE_XLA", False)
+        monkeypatch.setenv("KERAS_VRNN_XLA", "0")
 
 
 @pytest.fixture(params=["native", "xla"])
@@ -73,7 +72,7 @@ def impl(request, monkeypatch):
     fused_calls = count_calls(monkeypatch, fused_tf, "recurrence_from_inputs")
     native_calls = count_calls(monkeypatch, fused_tf, "_native_recurrence")
     if request.param == "xla":
-        monkeypatch.setattr(fused_tf, "USE_NATIVE", False)
+        monkeypatch.setenv("KERAS_VRNN_NATIVE", "0")
     else:
         require_native()
     yield request.param
@@ -486,7 +485,8 @@ def test_probe_gradient_is_bptt(
     ref.assert_rel_close(
         layer(p["x"], initial_state=p["h0"]), expected["y"], FWD_TOL, "after"
     )
-    assert not hasattr(layer, "_vrnn_probe")
+    assert probe_lib.lookup(layer, None, None, None) is None
+    assert "inner_loop" not in vars(layer)
 
 
 @pytest.mark.parametrize(
@@ -575,14 +575,20 @@ def test_batch_split_decision(monkeypatch):
     from keras_vrnn import fused_tf
 
     monkeypatch.setattr(fused_tf.os, "cpu_count", lambda: 2)
-    assert fused_tf._parts(fused_tf.MIN_SPLIT_BATCH) == 2
-    assert fused_tf._parts(fused_tf.MIN_SPLIT_BATCH - 1) == 1
+    assert fused_tf._parts(fused_tf._MIN_SPLIT_BATCH) == 2
+    assert fused_tf._parts(fused_tf._MIN_SPLIT_BATCH - 1) == 1
     assert fused_tf._parts(None) == 2  # unknown at trace time: decided at run time
     monkeypatch.setattr(fused_tf.os, "cpu_count", lambda: 1)
     assert fused_tf._parts(None) == 1
     monkeypatch.setattr(fused_tf.os, "cpu_count", lambda: 2)
-    monkeypatch.setattr(fused_tf, "BATCH_PARTS", 1)
+    monkeypatch.setenv("KERAS_VRNN_BATCH_PARTS", "1")
     assert fused_tf._parts(None) == 1
+    monkeypatch.setenv("KERAS_VRNN_BATCH_PARTS", "3")
+    assert fused_tf._parts(None) == 3
+    for bad in ("0", "-1", "two"):
+        monkeypatch.setenv("KERAS_VRNN_BATCH_PARTS", bad)
+        with pytest.raises(ValueError, match=f"Received: KERAS_VRNN_BATCH_PARTS='{bad}'"):
+            fused_tf._parts(None)
 
 
 @pytest.mark.parametrize(
@@ -601,8 +607,8 @@ def test_batch_split_matches_generic(
 
     # A batch of 3 is cut into 2 + 1 rows: uneven parts, both non-trivial.
     # (The XLA loops' split; the native kernels' own is in test_native.py.)
-    monkeypatch.setattr(fused_tf, "USE_NATIVE", False)
-    monkeypatch.setattr(fused_tf, "MIN_SPLIT_BATCH", 2)
+    monkeypatch.setenv("KERAS_VRNN_NATIVE", "0")
+    monkeypatch.setattr(fused_tf, "_MIN_SPLIT_BATCH", 2)
     monkeypatch.setattr(fused_tf.os, "cpu_count", lambda: 2)
     split = []
     real_split = fused_tf._split
@@ -638,9 +644,9 @@ def test_batch_split_with_unknown_batch_size(ref, monkeypatch, batch):
     # to cut is decided at run time: 1 row runs whole, 2 and 5 are cut.
     from keras_vrnn import fused_tf
 
-    monkeypatch.setattr(fused_tf, "USE_NATIVE", False)
+    monkeypatch.setenv("KERAS_VRNN_NATIVE", "0")
     monkeypatch.setattr(fused_tf.os, "cpu_count", lambda: 2)
-    monkeypatch.setattr(fused_tf, "MIN_SPLIT_BATCH", 2)
+    monkeypatch.setattr(fused_tf, "_MIN_SPLIT_BATCH", 2)
     p = ref.make_problem(seed=14, batch=batch)
     fused, generic = _pair(p["x"].shape, return_sequences=True)
 
