@@ -7,6 +7,19 @@ from keras import activations
 from keras import initializers
 
 
+def check_input_shape(owner, shape, rank, layout, hint):
+    """`shape` as a tuple, once it has `rank` axes (`layout` names them) and
+    a known last one, the feature size the weights are built for."""
+    shape = tuple(shape)
+    if len(shape) != rank or shape[-1] is None:
+        raise ValueError(
+            f"{owner} expects inputs of rank {rank} {layout} with a known "
+            f"feature size. Received: input_shape={shape} (rank {len(shape)}). "
+            f"{hint}"
+        )
+    return shape
+
+
 def check_units(units):
     if isinstance(units, bool) or not isinstance(units, int) or units <= 0:
         raise ValueError(
@@ -154,11 +167,9 @@ class VanillaRNNCell(keras.layers.SimpleRNNCell):
         )
 
     def build(self, input_shape):
-        if len(input_shape) != 2 or input_shape[-1] is None:
-            raise ValueError(
-                f"{type(self).__name__} '{self.name}' processes one time step "
-                "of shape (batch, features) with a known feature size. "
-                f"Received: input_shape={tuple(input_shape)}. Wrap the cell in "
-                "keras.layers.RNN and feed (batch, timesteps, features)."
-            )
+        check_input_shape(
+            f"{type(self).__name__} '{self.name}'", input_shape, 2,
+            "(batch, features), one time step",
+            "Wrap the cell in keras.layers.RNN and feed (batch, timesteps, features).",
+        )
         super().build(input_shape)

@@ -7,6 +7,7 @@ from keras import regularizers
 from keras_vrnn import fused
 from keras_vrnn import probe as probe_lib
 from keras_vrnn.cell import VanillaRNNCell
+from keras_vrnn.cell import check_input_shape
 
 # The fused kernel of the backend Keras runs on (fixed when Keras is
 # imported), as Keras' LSTM and GRU take theirs from `keras.src.backend`.
@@ -42,6 +43,13 @@ class VanillaRNN(keras.layers.RNN):
     `return_sequences` and `return_state`. It is not used (the generic
     `keras.layers.RNN` loop is) with a mask, `unroll=True`, another
     activation, or on the PyTorch backend.
+
+    Environment (TensorFlow backend, read when the fused loop is built; see
+    `keras_vrnn.fused_tf`): `KERAS_VRNN_NATIVE=0` turns the native CPU
+    kernels off (the XLA loops run instead), `KERAS_VRNN_BATCH_PARTS=N`
+    (default 2, `1` for none) sets into how many concurrent parts the XLA
+    loops cut a batch of 32+ rows on a multi-core CPU, `KERAS_VRNN_XLA=0`
+    runs those loops uncompiled.
 
     Args:
         units: Positive integer, size of the hidden state.
@@ -164,19 +172,11 @@ class VanillaRNN(keras.layers.RNN):
 
     # -- input checks -----------------------------------------------------
     def _check_sequences_shape(self, shape):
-        shape = tuple(shape)
-        if len(shape) != 3:
-            raise ValueError(
-                f"Layer '{self.name}' expects inputs of rank 3 "
-                f"(batch, timesteps, features). Received: input shape={shape} "
-                f"(rank {len(shape)}). For a single sequence add a batch axis; "
-                "for scalar series add a feature axis, e.g. x[..., None]."
-            )
-        if shape[-1] is None:
-            raise ValueError(
-                f"Layer '{self.name}' needs a known feature dimension. "
-                f"Received: input shape={shape}. Specify it in keras.Input."
-            )
+        shape = check_input_shape(
+            f"Layer '{self.name}'", shape, 3, "(batch, timesteps, features)",
+            "For a single sequence add a batch axis; for scalar series add a "
+            "feature axis, e.g. x[..., None]; give the feature size in keras.Input.",
+        )
         if self.cell.built:
             expected = self.cell.kernel.shape[0]
             if shape[-1] != expected:
