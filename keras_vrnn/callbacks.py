@@ -227,23 +227,12 @@ class GradientNormCallback(keras.callbacks.Callback):
         diagnostics._require_tensorflow("GradientNormCallback")
         self.log_dir = _check_log_dir(log_dir)
         self.data = _check_data(data)
-        if (
-            isinstance(every_n_batches, bool)
-            or not isinstance(every_n_batches, (int, np.integer))
-            or every_n_batches <= 0
-        ):
-            raise ValueError(
-                "`every_n_batches` must be a positive int. "
-                f"Received: every_n_batches={every_n_batches!r}."
-            )
-        self.every_n_batches = int(every_n_batches)
+        self.every_n_batches = diagnostics.check_positive_int(
+            "every_n_batches", every_n_batches
+        )
         self.layers = _check_layers(layers)
-        if not isinstance(direct, bool):
-            raise ValueError(f"`direct` must be a bool. Received: direct={direct!r}.")
-        self.direct = direct
-        if not isinstance(resume, bool):
-            raise ValueError(f"`resume` must be a bool. Received: resume={resume!r}.")
-        self.resume = resume
+        self.direct = diagnostics.check_bool("direct", direct)
+        self.resume = diagnostics.check_bool("resume", resume)
         self._resume_pending = resume
         self._train_dir = os.path.join(self.log_dir, "train")
         self._npz_path = os.path.join(self.log_dir, NPZ_NAME)

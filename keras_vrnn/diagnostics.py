@@ -147,6 +147,20 @@ def _require_tensorflow(what):
         )
 
 
+def check_positive_int(name, value):
+    """`value` as an int, once it is a positive int (not a bool)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+        raise ValueError(f"`{name}` must be a positive int. Received: {name}={value!r}.")
+    return int(value)
+
+
+def check_bool(name, value):
+    """`value`, once it is a bool."""
+    if not isinstance(value, bool):
+        raise ValueError(f"`{name}` must be a bool. Received: {name}={value!r}.")
+    return value
+
+
 def _leaves(structure):
     return [a for a in keras.tree.flatten(structure) if a is not None]
 
@@ -447,8 +461,7 @@ def timestep_gradient_norms(model, x, y, sample_weight=None, direct=False):
     """
     _require_tensorflow("timestep_gradient_norms")
     _check_model(model, "timestep_gradient_norms")
-    if not isinstance(direct, bool):
-        raise ValueError(f"`direct` must be a bool. Received: direct={direct!r}.")
+    check_bool("direct", direct)
     check_batch(x, y, sample_weight)
     entries = rnn_layers(model)
     if not entries:
@@ -666,15 +679,7 @@ def state_jacobian_norms(model_or_layer, x, max_samples=8):
     Cost: `samples * T` products and singular-value decompositions of
     `(units, units)` matrices, in NumPy.
     """
-    if (
-        isinstance(max_samples, bool)
-        or not isinstance(max_samples, int)
-        or max_samples <= 0
-    ):
-        raise ValueError(
-            "`max_samples` must be a positive int. "
-            f"Received: max_samples={max_samples!r}."
-        )
+    max_samples = check_positive_int("max_samples", max_samples)
     if not isinstance(model_or_layer, keras.layers.Layer):
         raise ValueError(
             "state_jacobian_norms needs a Keras model or layer. Received: "
