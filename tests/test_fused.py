@@ -566,6 +566,27 @@ def test_activations_cover_the_fused_path():
     assert set(ACTIVATIONS) == set(fused_lib.SUPPORTED_ACTIVATIONS)
 
 
+@pytest.mark.parametrize("native_env, xla_env", [("1", "1"), ("0", "1"), ("0", "0")])
+def test_environment_switches(ref, monkeypatch, native_env, xla_env):
+    # KERAS_VRNN_NATIVE=0 and KERAS_VRNN_XLA=0 are read when the loop runs:
+    # the named implementation runs, with the same numbers.
+    from keras_vrnn import fused_tf
+
+    if native_env == "1":
+        require_native()
+    monkeypatch.setenv("KERAS_VRNN_NATIVE", native_env)
+    monkeypatch.setenv("KERAS_VRNN_XLA", xla_env)
+    native_calls = count_calls(monkeypatch, fused_tf, "_native_recurrence")
+    xla_calls = count_calls(monkeypatch, fused_tf, "_forward_xla")
+    plain_calls = count_calls(monkeypatch, fused_tf, "_forward")
+    p = ref.make_problem(seed=15)
+    fused, generic = _pair(p["x"].shape, return_sequences=True)
+    ref.assert_rel_close(fused(p["x"]), generic(p["x"]), FWD_TOL, "output")
+    assert bool(native_calls) == (native_env == "1")
+    assert bool(xla_calls) == (native_env == "0" and xla_env == "1")
+    assert bool(plain_calls) == (native_env == "0" and xla_env == "0")
+
+
 # Batch split: on a CPU with 2+ cores the fused loops run the batch as two
 # concurrent halves. Every row is its own recurrence, so the halves must give
 # what the whole batch gives, in every configuration the fused path covers.
