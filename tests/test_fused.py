@@ -538,6 +538,23 @@ def test_direct_only_probe_with_use_fused_true(ref, fused_calls):
     assert fused_calls
 
 
+@pytest.mark.parametrize("kind", ["fused", "rnn_cell"])
+def test_probe_sources_nest_and_detach(kind):
+    # The innermost attachment serves the calls; leaving it restores the
+    # outer one, leaving that detaches the layer (no hook left behind).
+    layer = _probe_layer(kind, return_sequences=True)
+    x = tf.zeros((2, 5, 3))
+    seen = []
+    with probe_lib.attach(layer, lambda *args: seen.append("outer")):
+        with probe_lib.attach(layer, lambda *args: seen.append("inner")):
+            layer(x)
+        layer(x)
+    layer(x)
+    assert seen == ["inner", "outer"]
+    assert "inner_loop" not in vars(layer)
+    assert probe_lib.lookup(layer, x, None, None) is None
+
+
 def test_probe_in_compiled_function(ref):
     # Inside a tf.function (as diagnostics callbacks use it).
     p = ref.make_problem(seed=12)
