@@ -233,7 +233,8 @@ class VanillaRNN(keras.layers.RNN):
         probe = probe_lib.lookup(self, sequences, initial_state, mask)
         # A direct-only probe cuts the recurrence, which only the generic
         # loop can do; a diagnostic must not fail on the user's use_fused.
-        if self.use_fused is not False and not (probe and probe.direct_only):
+        direct_only = probe is not None and probe.direct_only
+        if self.use_fused is not False and not direct_only:
             reason = fused.unsupported_reason(self, mask)
             if reason is None:
                 return self._fused_inner_loop(sequences, initial_state, training, probe)
