@@ -1,80 +1,59 @@
 """Long-range memory: where a vanilla RNN stops learning, and why.
 
-Two classic tasks whose difficulty is set by the distance T that information
-must travel (see `experiments.tasks`):
+Two classic tasks whose difficulty is the distance T that information must
+travel (`experiments.tasks`): the adding problem (Le et al., 2015; metric
+test MSE, baseline 1/6) and copy memory (Arjovsky et al., 2016; test
+cross-entropy in nats per step, baseline `tasks.copy_memory_baseline(T)`).
 
-- adding problem (Le et al., 2015): remember one marked value for up to T
-  steps; metric test MSE, baseline 1/6 (always predict 1);
-- copy memory (Arjovsky et al., 2016): reproduce `copy_len` symbols after a
-  delay of T steps; metric test cross-entropy in nats per step, baseline
-  `tasks.copy_memory_baseline(T)` (blank, then a uniform guess).
-
-Four models (64 units, one recurrent layer, a Dense head):
-
-- `rnn_tanh`: `keras_vrnn.VanillaRNN`, tanh, orthogonal W_hh, Adam;
-- `irnn`: VanillaRNN with relu and W_hh = identity
-  (`ScaledIdentity(1.0)`), input weights N(0, 0.001^2), and a small Adam
-  learning rate (`irnn_learning_rate`) as in Le et al. (2015);
-- `rnn_tanh_clip`: `rnn_tanh` with global-norm gradient clipping
-  (`global_clipnorm`, Pascanu et al., 2013): it tames exploding gradients but
-  cannot bring back vanished ones;
-- `lstm`: `keras.layers.LSTM`, the gated reference.
+Four models, 64 units and a Dense head: `rnn_tanh` (VanillaRNN, tanh,
+orthogonal W_hh, Adam); `irnn` (relu, W_hh = identity, input weights
+N(0, 0.001^2) and a small learning rate, as in Le et al.); `rnn_tanh_clip`
+(rnn_tanh with global-norm clipping, Pascanu et al., 2013: it tames
+exploding gradients but cannot bring back vanished ones); `lstm`
+(`keras.layers.LSTM`, the gated reference).
 
     python -m experiments.long_range                     # defaults, 24 configs
     python -m experiments.long_range --adding_lengths 200,400 \\
         --copy_lengths 100 --train_steps 5000 --workers 2  # a bigger sweep
     python -m experiments.long_range --help              # every setting
 
-Cost of the defaults: 8 minutes of CPU time (measured: 13.5 minutes wall on
-2 cores shared with other jobs, load ~6), so under 10 minutes on 2 free
-cores. The LSTM costs about as much as the three vanilla RNNs together.
+The defaults cost about 8 minutes of CPU time; the LSTM about as much as the
+three vanilla RNNs together. Each (task, T, model) is one configuration of a
+sweep (`experiments.sweep`: resumable, dask workers, HParams). It trains
+`train_steps` Adam steps on fresh sequences, keeps the weights of the best
+validation loss (checked every `steps_per_epoch` steps) and reports the test
+metric against the baseline (`solved`: below `solved_fraction` x baseline).
 
-Each (task, T, model) is one configuration of a sweep (`experiments.sweep`:
-resumable with the same `--run_name`, `--workers N`, HParams dashboard). Each
-trains `train_steps` Adam steps on fresh sequences (a new batch every step),
-keeps the weights with the best validation loss (checked every
-`steps_per_epoch` steps), and reports the test metric on `test_samples`
-unseen sequences against the task's baseline. A model has learned when its
-metric is well below the baseline (`solved`: below `solved_fraction` x
-baseline).
+For the VanillaRNN models `keras_vrnn.GradientNormCallback` logs
+`||dL/dh_t||` per timestep on a fixed validation batch (TensorBoard,
+logs/gradient_norms.npz, plots/gradient_heatmap.png); the table has the
+fitted per-step factor and the effective horizon at the end of training.
+When T exceeds the horizon the early steps get no gradient and the model
+stays at the baseline. The LSTM has no VanillaRNN layer to probe.
 
-Gradients. For the VanillaRNN models `keras_vrnn.GradientNormCallback` logs
-`||dL/dh_t||` for every timestep every `grad_every_n_batches` steps on a
-fixed validation batch (TensorBoard, `logs/gradient_norms.npz`) and the run
-gets a heat map PNG (plots/gradient_heatmap.png in its config dir). The
-table reports, at the end of training, the fitted per-step factor and the
-effective horizon (steps back until the mean norm falls to 1e-3 of its
-last-step value; for the adding problem the loss is at the last step only).
-When T exceeds the horizon, the early part of the sequence receives no
-gradient, and the model stays at the baseline. The LSTM has no VanillaRNN
-layer to probe: its gradient logging is skipped (recorded as such).
-
-Outputs (run dir `runs/long_range/<run_name>/`): config.json, results.json
-(one row per configuration), results.md (metric vs T per model against the
-baseline), plots/metric_vs_T.png, plots/final_gradient_norms.png, and per
-configuration configs/<id>/ (result.json, logs/ with TensorBoard and gradient
-norms, plots/gradient_heatmap.png, HParams).
+Outputs (`runs/long_range/<run_name>/`): results.json, results.md (metric vs
+T per model), plots/metric_vs_T.png, plots/final_gradient_norms.png, and per
+configuration configs/<id>/ (result.json, logs/, plots/, HParams).
 """
 
 import dataclasses
 import functools
 import logging
-import math
 import os
 import time
 from typing import ClassVar
 
 import numpy as np
 
-from experiments import runner
+from experiments import common
 from experiments import sweep
 from experiments import tasks
-from experiments.runner import option
+from experiments.common import option
+from experiments.sweep import fmt
 
 MODELS = ("rnn_tanh", "irnn", "rnn_tanh_clip", "lstm")
-TASKS = ("adding", "copy")
 LAYER = "rnn"
-HORIZON_THRESHOLD = 1e-3
+METRIC_NAMES = ("metric", "baseline", "metric_ratio", "grad_factor_end", "grad_horizon_end")
 
 
 @dataclasses.dataclass
@@ -84,483 +63,251 @@ class Config(sweep.SweepConfig):
     experiment: ClassVar[str] = "long_range"
     sweep_axes: ClassVar[tuple] = ("adding_lengths", "copy_lengths", "models")
 
-    # --- the sweep --------------------------------------------------------
-    # Empty string: skip the task.
-    adding_lengths: str = option(
-        "20,50,100", "Comma-separated T of the adding problem ('' skips it)."
-    )
-    copy_lengths: str = option(
-        "10,20,40", "Comma-separated delays T of copy memory ('' skips it)."
-    )
-    models: str = option(
-        "rnn_tanh,irnn,rnn_tanh_clip,lstm",
-        "Comma-separated models: rnn_tanh, irnn, rnn_tanh_clip, lstm.",
-    )
-    # --- tasks ------------------------------------------------------------
-    # Arjovsky et al. copy 10 symbols; that plateaus at the baseline for
-    # thousands of steps, beyond the default budget. 3 is learnable in it.
-    copy_len: int = option(
-        3, "Copy memory: number of symbols to copy (Arjovsky et al.: 10)."
-    )
+    # An empty list skips the task.
+    adding_lengths: str = option("20,50,100", "Comma-separated T of the adding problem ('' skips it).")
+    copy_lengths: str = option("10,20,40", "Comma-separated delays T of copy memory ('' skips it).")
+    models: str = option("rnn_tanh,irnn,rnn_tanh_clip,lstm",
+                         "Comma-separated models: rnn_tanh, irnn, rnn_tanh_clip, lstm.")
+    # Arjovsky et al. copy 10 symbols, which stays at the baseline for
+    # thousands of steps beyond the default budget; 3 is learnable in it.
+    copy_len: int = option(3, "Copy memory: number of symbols to copy (Arjovsky et al.: 10).")
     n_symbols: int = option(8, "Copy memory: number of data symbols.")
-    # --- models and training ----------------------------------------------
     units: int = option(64, "Units of the recurrent layer.")
     batch_size: int = option(64, "Sequences per training batch.")
-    # The default budget; every step sees a fresh batch.
+    # Every step sees a fresh batch.
     train_steps: int = option(800, "Adam steps per configuration.")
     # Validation (best weights) and TensorBoard epoch logs at this interval.
     steps_per_epoch: int = option(100, "Training steps between validations.")
-    # 2e-3: learns the short tasks within the default budget.
-    learning_rate: float = option(
-        2e-3, "Adam learning rate of rnn_tanh, rnn_tanh_clip and lstm."
-    )
+    # 2e-3 learns the short tasks within the default budget.
+    learning_rate: float = option(2e-3, "Adam learning rate of rnn_tanh, rnn_tanh_clip and lstm.")
     # Le et al. (2015) train IRNNs with a small learning rate.
     irnn_learning_rate: float = option(1e-4, "Adam learning rate of irnn.")
     # Pascanu et al. (2013): rescale the whole gradient to this norm.
-    clipnorm: float = option(
-        1.0, "Global gradient-norm threshold of rnn_tanh_clip."
-    )
-    # --- evaluation -------------------------------------------------------
+    clipnorm: float = option(1.0, "Global gradient-norm threshold of rnn_tanh_clip.")
     validation_samples: int = option(256, "Validation sequences (best weights).")
     # A multiple of 256 (the evaluation batch): one batch shape to compile.
     test_samples: int = option(1024, "Test sequences for the final metric.")
-    # solved: metric < solved_fraction * baseline.
     solved_fraction: float = option(
-        0.5, "A run counts as solved when its metric is below this x baseline."
-    )
+        0.5, "A run counts as solved when its metric is below this x baseline.")
     grad_every_n_batches: int = option(
-        200, "Log per-timestep BPTT gradient norms every N training batches."
-    )
-    grad_samples: int = option(
-        64, "Validation sequences used for the gradient-norm logging."
-    )
+        200, "Log per-timestep BPTT gradient norms every N training batches.")
+    grad_samples: int = option(64, "Validation sequences used for the gradient-norm logging.")
 
     def validate(self):
         super().validate()
-        if not self.adding_list() and not self.copy_list():
-            raise ValueError(
-                "Received: adding_lengths='' and copy_lengths=''. Expected at "
-                "least one task, e.g. --adding_lengths 20,50."
-            )
+        if not self.tasks():
+            raise ValueError("Received: adding_lengths='' and copy_lengths=''. Expected at "
+                             "least one task, e.g. --adding_lengths 20,50.")
         self.model_list()
-        runner.check_positive_int("copy_len", self.copy_len, example=10)
-        runner.check_int("n_symbols", self.n_symbols, minimum=2)
-        runner.check_positive_int("units", self.units, example=64)
-        runner.check_positive_int("batch_size", self.batch_size, example=32)
-        runner.check_positive_int("train_steps", self.train_steps, example=800)
-        runner.check_positive_int("steps_per_epoch", self.steps_per_epoch, example=100)
-        runner.check_positive("learning_rate", self.learning_rate)
-        runner.check_positive("irnn_learning_rate", self.irnn_learning_rate)
-        runner.check_positive("clipnorm", self.clipnorm)
-        runner.check_positive_int("validation_samples", self.validation_samples)
-        runner.check_positive_int("test_samples", self.test_samples)
-        runner.check_fraction("solved_fraction", self.solved_fraction)
-        runner.check_positive_int("grad_samples", self.grad_samples, example=64)
+        for name in ("copy_len", "units", "batch_size", "train_steps", "steps_per_epoch",
+                     "validation_samples", "test_samples", "grad_samples"):
+            common.check_int(name, getattr(self, name))
+        common.check_int("n_symbols", self.n_symbols, minimum=2)
+        for name in ("learning_rate", "irnn_learning_rate", "clipnorm"):
+            common.check_number(name, getattr(self, name))
+        common.check_number("solved_fraction", self.solved_fraction, high=1)
 
-    def adding_list(self):
-        if not self.adding_lengths.strip():
-            return []
-        return sweep.split_list("adding_lengths", self.adding_lengths, int, minimum=2)
-
-    def copy_list(self):
-        if not self.copy_lengths.strip():
-            return []
-        return sweep.split_list("copy_lengths", self.copy_lengths, int, minimum=1)
+    def tasks(self):
+        """`[(task, [T, ...])]` of the tasks with lengths."""
+        return [(task, sweep.split_list(f"{task}_lengths", text, int, minimum=minimum))
+                for task, text, minimum in (("adding", self.adding_lengths, 2),
+                                            ("copy", self.copy_lengths, 1)) if text.strip()]
 
     def model_list(self):
         return sweep.split_list("models", self.models, str, choices=MODELS)
 
 
-# ---------------------------------------------------------------------------
-# Data, models
-# ---------------------------------------------------------------------------
-
-
 def make_data(task, n, T, seed, settings):
-    """`(x, y)` for a task; seeds differ per split via `seed`."""
     if task == "adding":
         return tasks.adding_problem(n, T, seed=seed)
-    return tasks.copy_memory(
-        n, T, seed=seed, n_symbols=settings["n_symbols"], copy_len=settings["copy_len"]
-    )
+    return tasks.copy_memory(n, T, seed=seed, n_symbols=settings["n_symbols"],
+                             copy_len=settings["copy_len"])
 
 
 def baseline(task, T, settings):
     if task == "adding":
         return tasks.ADDING_BASELINE_MSE
-    return tasks.copy_memory_baseline(
-        T, n_symbols=settings["n_symbols"], copy_len=settings["copy_len"]
-    )
+    return tasks.copy_memory_baseline(T, n_symbols=settings["n_symbols"],
+                                      copy_len=settings["copy_len"])
 
 
 def build_model(task, T, model_name, settings, seed):
-    """The model of one configuration, compiled (jit off, see dynamics)."""
+    """The compiled model of one configuration (jit off, see dynamics)."""
     import keras
 
     import keras_vrnn
 
-    units = settings["units"]
-    lr = settings["learning_rate"]
-    clip = None
+    glorot = keras.initializers.GlorotUniform
+    sequences = task == "copy"
     if model_name == "lstm":
-        rnn = keras.layers.LSTM(
-            units, return_sequences=task == "copy", name=LAYER,
-            kernel_initializer=keras.initializers.GlorotUniform(seed=seed),
-            recurrent_initializer=keras.initializers.Orthogonal(seed=seed + 1),
-        )
+        rnn = keras.layers.LSTM(settings["units"], return_sequences=sequences, name=LAYER,
+                                kernel_initializer=glorot(seed=seed),
+                                recurrent_initializer=keras.initializers.Orthogonal(seed=seed + 1))
     elif model_name == "irnn":
         rnn = keras_vrnn.VanillaRNN(
-            units,
-            activation="relu",
+            settings["units"], activation="relu", return_sequences=sequences, name=LAYER,
             recurrent_initializer=keras_vrnn.initializers.ScaledIdentity(1.0),
-            kernel_initializer=keras.initializers.RandomNormal(stddev=0.001, seed=seed),
-            return_sequences=task == "copy",
-            name=LAYER,
-        )
-        lr = settings["irnn_learning_rate"]
+            kernel_initializer=keras.initializers.RandomNormal(stddev=0.001, seed=seed))
     else:
         rnn = keras_vrnn.VanillaRNN(
-            units,
-            activation="tanh",
-            recurrent_initializer=keras_vrnn.initializers.ScaledOrthogonal(
-                1.0, seed=seed + 1
-            ),
-            kernel_initializer=keras.initializers.GlorotUniform(seed=seed),
-            return_sequences=task == "copy",
-            name=LAYER,
-        )
-        if model_name == "rnn_tanh_clip":
-            clip = settings["clipnorm"]
-    head_init = keras.initializers.GlorotUniform(seed=seed + 2)
+            settings["units"], activation="tanh", return_sequences=sequences, name=LAYER,
+            recurrent_initializer=keras_vrnn.initializers.ScaledOrthogonal(1.0, seed=seed + 1),
+            kernel_initializer=glorot(seed=seed))
     if task == "adding":
-        layers = [keras.Input((T, 2), name="x"), rnn, keras.layers.Dense(
-            1, kernel_initializer=head_init, name="out")]
+        layers = [keras.Input((T, 2), name="x"), rnn,
+                  keras.layers.Dense(1, kernel_initializer=glorot(seed=seed + 2), name="out")]
         loss = "mse"
     else:
         vocab = settings["n_symbols"] + 2
-        layers = [
-            keras.Input((T + 2 * settings["copy_len"],), dtype="int32", name="x"),
-            # One-hot input: a frozen identity embedding.
-            keras.layers.Embedding(
-                vocab, vocab, embeddings_initializer="identity", trainable=False,
-                name="one_hot",
-            ),
-            rnn,
-            keras.layers.Dense(vocab, kernel_initializer=head_init, name="logits"),
-        ]
+        layers = [keras.Input((T + 2 * settings["copy_len"],), dtype="int32", name="x"),
+                  # One-hot input: a frozen identity embedding.
+                  keras.layers.Embedding(vocab, vocab, embeddings_initializer="identity",
+                                         trainable=False, name="one_hot"),
+                  rnn, keras.layers.Dense(vocab, kernel_initializer=glorot(seed=seed + 2),
+                                          name="logits")]
         loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     model = keras.Sequential(layers, name=f"{task}_{model_name}")
-    kwargs = {"learning_rate": lr}
-    if clip is not None:
-        kwargs["global_clipnorm"] = clip
-    model.compile(
-        optimizer=keras.optimizers.Adam(**kwargs), loss=loss, jit_compile=False
-    )
+    lr = settings["irnn_learning_rate" if model_name == "irnn" else "learning_rate"]
+    clip = settings["clipnorm"] if model_name == "rnn_tanh_clip" else 0.0
+    model.compile(optimizer=common.make_optimizer("adam", lr, clip), loss=loss, jit_compile=False)
     return model
 
 
-def _callbacks_module():
-    import keras
+def _gradient_summary(config_dir):
+    """Factor, horizon and spectral radius at the start and end of training
+    from the GradientNormCallback logs, and the heat map."""
+    from keras_vrnn import plots
 
-    class BestWeights(keras.callbacks.Callback):
-        """Keeps the weights of the epoch with the lowest finite val_loss and
-        stops at the first non-finite training loss."""
-
-        def __init__(self):
-            super().__init__()
-            self.best = math.inf
-            self.best_epoch = None
-            self.weights = None
-            self.step = 0
-            self.diverged_at = None
-
-        def on_train_batch_end(self, batch, logs=None):
-            self.step += 1
-            loss = (logs or {}).get("loss")
-            if self.diverged_at is None and loss is not None and not math.isfinite(float(loss)):
-                self.diverged_at = self.step
-                self.model.stop_training = True
-
-        def on_epoch_end(self, epoch, logs=None):
-            value = (logs or {}).get("val_loss")
-            if value is not None and math.isfinite(value) and value < self.best:
-                self.best, self.best_epoch = float(value), epoch + 1
-                self.weights = self.model.get_weights()
-
-    return BestWeights
-
-
-# ---------------------------------------------------------------------------
-# One configuration
-# ---------------------------------------------------------------------------
+    npz = os.path.join(config_dir, common.LOGS_DIR, "gradient_norms.npz")
+    logs = plots.load_gradient_norms(npz)
+    layer = logs["layers"][logs["keys"][0]]
+    png = common.plots_dir(config_dir) / "gradient_heatmap.png"
+    plots.plot_gradient_heatmap(npz, str(png))
+    return {"grad_factor_end": float(layer["factor"][-1]),
+            "grad_horizon_end": float(layer["horizon"][-1]),
+            "grad_factor_start": float(layer["factor"][0]),
+            "grad_horizon_start": float(layer["horizon"][0]),
+            "spectral_radius_end": float(layer["spectral_radius"][-1]),
+            "heatmap": os.path.relpath(png, config_dir)}
 
 
 def run_config(params, config_dir, settings):
     """Trains and evaluates one (task, T, model); see the module doc."""
     import keras
 
+    from experiments import callbacks
     from keras_vrnn import diagnostics
-    from keras_vrnn import plots
 
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
-    task, T, model_name = params["task"], params["T"], params["model"]
-    s = settings
-    seed = s["seed"]
+    task, T, model_name, s = params["task"], params["T"], params["model"], settings
     keras.backend.clear_session()
-    runner.set_seed(seed)
-    # The same data for every model of one (task, T): seeds from (seed, T).
-    base = seed * 1_000_003 + T * 101 + (0 if task == "adding" else 50)
-    steps = s["train_steps"]
-    spe = min(s["steps_per_epoch"], steps)
-    epochs = max(1, steps // spe)
-    steps = epochs * spe
-    x_train, y_train = make_data(task, steps * s["batch_size"], T, base + 1, s)
+    keras.utils.set_random_seed(s["seed"])
+    # The same data for every model of one (task, T).
+    base = s["seed"] * 1_000_003 + T * 101 + (0 if task == "adding" else 50)
+    spe = min(s["steps_per_epoch"], s["train_steps"])
+    epochs = max(1, s["train_steps"] // spe)
+    x_train, y_train = make_data(task, epochs * spe * s["batch_size"], T, base + 1, s)
     x_val, y_val = make_data(task, s["validation_samples"], T, base + 2, s)
     x_test, y_test = make_data(task, s["test_samples"], T, base + 3, s)
-    model = build_model(task, T, model_name, s, seed)
-    callbacks = runner.standard_callbacks(
-        config_dir,
-        grad_batch=(x_val[: s["grad_samples"]], y_val[: s["grad_samples"]]),
-        every_n_batches=s["grad_every_n_batches"],
-    )
-    # Best weights are kept in memory (BestWeights): no checkpoint file per
-    # configuration. LSTM: no VanillaRNN layer, so no gradient logging.
-    has_vanilla = bool(diagnostics.rnn_layers(model))
-    callbacks = [
-        c
-        for c in callbacks
-        if not isinstance(c, keras.callbacks.ModelCheckpoint)
-        and (has_vanilla or type(c).__name__ != "GradientNormCallback")
-    ]
-    best = _callbacks_module()()
+    model = build_model(task, T, model_name, s, s["seed"])
+    vanilla = bool(diagnostics.rnn_layers(model))  # the LSTM has no layer to probe
+    monitor = callbacks.DivergenceMonitor()
+    best = keras.callbacks.EarlyStopping(patience=epochs + 1, restore_best_weights=True)
     start = time.perf_counter()
     history = model.fit(
-        x_train,
-        y_train,
-        batch_size=s["batch_size"],
-        epochs=epochs,
-        steps_per_epoch=spe,
-        shuffle=False,
-        validation_data=(x_val, y_val),
-        validation_batch_size=256,
-        callbacks=[best] + callbacks,
-        verbose=0,
-    ).history
-    train_s = time.perf_counter() - start
-    result = {
-        "baseline": baseline(task, T, s),
-        "train_steps_done": best.step,
-        "train_s": train_s,
-        "best_epoch": best.best_epoch,
-        "final_train_loss": (history.get("loss") or [None])[-1],
-        "gradient_logging": "on" if has_vanilla else "skipped (no VanillaRNN layer)",
-    }
-    # Gradient picture: the callback's norms (last log = end of training).
-    npz = runner.gradient_norms_path(config_dir)
-    if has_vanilla and npz.exists():
-        data = plots.load_gradient_norms(str(npz))
-        layer = data["layers"][data["keys"][0]]
-        result["grad_factor_end"] = float(layer["factor"][-1])
-        result["grad_horizon_end"] = float(layer["horizon"][-1])
-        result["grad_factor_start"] = float(layer["factor"][0])
-        result["grad_horizon_start"] = float(layer["horizon"][0])
-        result["spectral_radius_end"] = float(layer["spectral_radius"][-1])
-        png = runner.plots_dir(config_dir) / "gradient_heatmap.png"
-        plots.plot_gradient_heatmap(str(npz), str(png))
-        result["heatmap"] = os.path.relpath(png, config_dir)
-    if best.diverged_at is not None and best.weights is None:
-        result.update(status="diverged", diverged_step=best.diverged_at)
+        x_train, y_train, batch_size=s["batch_size"], epochs=epochs, steps_per_epoch=spe,
+        shuffle=False, validation_data=(x_val, y_val), validation_batch_size=256, verbose=0,
+        callbacks=[monitor, best, *callbacks.logging_callbacks(
+            config_dir, (x_val[:s["grad_samples"]], y_val[:s["grad_samples"]]) if vanilla
+            else None, s["grad_every_n_batches"])]).history
+    result = {"baseline": baseline(task, T, s), "train_steps_done": monitor.steps_done,
+              "train_s": time.perf_counter() - start,
+              "best_epoch": common.best_epoch(history),
+              "final_train_loss": history["loss"][-1],
+              "gradient_logging": "on" if vanilla else "skipped (no VanillaRNN layer)"}
+    if vanilla:
+        result.update(_gradient_summary(config_dir))
+    if monitor.diverged is not None:
+        result.update(status="diverged", diverged_step=monitor.diverged["step"] + 1)
+    if result["best_epoch"] is None:  # diverged before any finite validation
         return result
-    if best.weights is not None:
-        model.set_weights(best.weights)
+    # The best weights (EarlyStopping restored them); after a divergence,
+    # those of before it.
     metric = float(model.evaluate(x_test, y_test, batch_size=256, verbose=0))
-    result["metric"] = metric
-    result["metric_ratio"] = metric / result["baseline"]
-    result["solved"] = bool(metric < s["solved_fraction"] * result["baseline"])
-    if best.diverged_at is not None:
-        # Diverged later in training; the metric is that of the best
-        # weights before the divergence.
-        result.update(status="diverged", diverged_step=best.diverged_at)
-    return result
-
-
-# ---------------------------------------------------------------------------
-# The sweep, tables and plots
-# ---------------------------------------------------------------------------
-
-METRIC_NAMES = ("metric", "baseline", "metric_ratio", "grad_factor_end", "grad_horizon_end")
+    return {**result, "metric": metric, "metric_ratio": metric / result["baseline"],
+            "solved": metric < s["solved_fraction"] * result["baseline"]}
 
 
 def configurations(config):
-    out = []
-    for task, lengths in (("adding", config.adding_list()), ("copy", config.copy_list())):
-        for T in lengths:
-            for model_name in config.model_list():
-                params = {"task": task, "T": T, "model": model_name}
-                cid = sweep.make_config_id(
-                    params, ["task", "T", "model"], {"task": "", "T": "T", "model": ""}
-                )
-                out.append((cid, params))
-    return out
-
-
-def _fmt(value, digits=3):
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "–"
-    if isinstance(value, float):
-        return f"{value:.{digits}g}"
-    return str(value)
-
-
-def _row(record):
-    row = {
-        "config_id": record["config_id"],
-        **record["params"],
-        "status": record["status"],
-        "diverged_step": record.get("diverged_step"),
-        "error": record.get("error"),
-        "wall_s": record.get("wall_s"),
-    }
-    row.update(record.get("metrics") or {})
-    return row
+    return [(sweep.make_config_id(p, ["task", "T", "model"], {"task": "", "T": "T", "model": ""}), p)
+            for task, lengths in config.tasks() for T in lengths
+            for p in ({"task": task, "T": T, "model": m} for m in config.model_list())]
 
 
 def _cell(row):
-    if row is None:
-        return ""
-    if row["status"] == "crashed":
-        return "crashed"
-    metric = row.get("metric")
-    text = _fmt(metric)
-    if row["status"] == "diverged":
-        text += f" (diverged@{row.get('diverged_step')})"
-    if metric is not None and row.get("solved"):
-        text = f"**{text}**"
-    if row.get("grad_horizon_end") is not None:
-        text += f" h={int(row['grad_horizon_end'])}"
-    return text
+    if row is None or row["status"] == "crashed":
+        return "" if row is None else "crashed"
+    text = fmt(row.get("metric"))
+    text += f" (diverged@{row.get('diverged_step')})" if row["status"] == "diverged" else ""
+    text = f"**{text}**" if row.get("solved") else text
+    return text + (f" h={int(row['grad_horizon_end'])}" if row.get("grad_horizon_end") is not None else "")
 
 
 def markdown(rows, config, counts, wall_s):
-    models = config.model_list()
+    """results.md: the metric vs T per model and task, and every row."""
+    models, settings = config.model_list(), config.fixed_settings()
     lines = [
-        "# Long-range memory: vanilla RNNs vs LSTM",
-        "",
-        f"{len(rows)} configurations ({counts['ok']} ok, {counts['diverged']} "
-        f"diverged, {counts['crashed']} crashed; {counts['skipped']} reused), "
-        f"{wall_s:.0f} s this start, "
+        "# Long-range memory: vanilla RNNs vs LSTM", "",
+        f"{len(rows)} configurations ({counts['ok']} ok, {counts['diverged']} diverged, "
+        f"{counts['crashed']} crashed; {counts['skipped']} reused), {wall_s:.0f} s this start, "
         f"{sum(r.get('wall_s') or 0 for r in rows):.0f} s in configurations. "
-        f"{config.train_steps} Adam steps x batch "
-        f"{config.batch_size}, {config.units} units, test on "
-        f"{config.test_samples} sequences.",
-        "",
-        "Cells: test metric (bold: solved, below "
-        f"{config.solved_fraction:g} x baseline); `h=`: effective gradient "
-        "horizon at the end of training (steps back until mean ||dL/dh_t|| "
-        "falls to 1e-3 of its last-step value; = sequence length: never), "
-        "VanillaRNN models only. It is meaningful for the adding problem (loss "
-        "at the last step only); copy memory has a loss at every step, so its "
-        "h is mostly the whole sequence (T + 2 x copy_len).",
-    ]
-    for task, title, unit, lengths in (
-        ("adding", "Adding problem", "test MSE", config.adding_list()),
-        ("copy", "Copy memory", "test cross-entropy, nats/step", config.copy_list()),
-    ):
-        if not lengths:
-            continue
-        lines += [
-            "",
-            f"## {title} ({unit})",
-            "",
-            "| T | baseline | " + " | ".join(models) + " |",
-            "|---:|---:|" + "---|" * len(models),
-        ]
-        for T in lengths:
-            cells = []
-            for m in models:
-                row = next(
-                    (r for r in rows if r["task"] == task and r["T"] == T and r["model"] == m),
-                    None,
-                )
-                cells.append(_cell(row))
-            lines.append(
-                f"| {T} | {_fmt(baseline(task, T, config.fixed_settings()), 4)} | "
-                + " | ".join(cells) + " |"
-            )
-    lines += [
-        "",
-        "## All configurations",
-        "",
-        "| config | status | metric | baseline | metric/baseline | factor start→end "
-        "| horizon start→end | rho(W_hh) end | best epoch | train s | s |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in rows:
-        status = r["status"] + (
-            f"@{r.get('diverged_step')}" if r["status"] == "diverged" else ""
-        )
-        if r["status"] == "crashed":
-            status += f": {r.get('error')}"
-        fac = (
-            f"{_fmt(r.get('grad_factor_start'))}→{_fmt(r.get('grad_factor_end'))}"
-            if r.get("grad_factor_end") is not None else "–"
-        )
-        hor = (
-            f"{_fmt(r.get('grad_horizon_start'))}→{_fmt(r.get('grad_horizon_end'))}"
-            if r.get("grad_horizon_end") is not None else "–"
-        )
-        lines.append(
-            f"| {r['config_id']} | {status} | {_fmt(r.get('metric'))} | "
-            f"{_fmt(r.get('baseline'))} | {_fmt(r.get('metric_ratio'))} | {fac} | "
-            f"{hor} | {_fmt(r.get('spectral_radius_end'))} | "
-            f"{_fmt(r.get('best_epoch'))} | {_fmt(r.get('train_s'), 2)} | "
-            f"{_fmt(r.get('wall_s'), 2)} |"
-        )
+        f"{config.train_steps} Adam steps x batch {config.batch_size}, {config.units} units, "
+        f"test on {config.test_samples} sequences.", "",
+        f"Cells: test metric (bold: solved, below {config.solved_fraction:g} x baseline); "
+        "`h=`: effective gradient horizon at the end of training (steps back until mean "
+        "||dL/dh_t|| falls to 1e-3 of its last-step value; = sequence length: never), "
+        "VanillaRNN models only. It is meaningful for the adding problem (loss at the last "
+        "step only); copy memory has a loss at every step, so its h is mostly the whole "
+        "sequence (T + 2 x copy_len)."]
+    titles = {"adding": "Adding problem (test MSE)",
+              "copy": "Copy memory (test cross-entropy, nats/step)"}
+    by_key = {(r["task"], r["T"], r["model"]): r for r in rows}
+    for task, lengths in config.tasks():
+        lines += ["", f"## {titles[task]}", "", "| T | baseline | " + " | ".join(models) + " |",
+                  "|---:|---:|" + "---|" * len(models)]
+        lines += [f"| {T} | {fmt(baseline(task, T, settings), 4)} | "
+                  + " | ".join(_cell(by_key.get((task, T, m))) for m in models) + " |"
+                  for T in lengths]
+    keys = ("metric", "baseline", "metric_ratio", "grad_factor_start", "grad_factor_end",
+            "grad_horizon_start", "grad_horizon_end", "spectral_radius_end", "best_epoch",
+            "train_s", "wall_s")
+    lines += ["", "## All configurations", "", "| config | status | " + " | ".join(keys) + " |",
+              "|---|---|" + "---:|" * len(keys)]
+    lines += [f"| {r['config_id']} | {sweep.status_text(r)} | "
+              + " | ".join(fmt(r.get(k)) for k in keys) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
 
 def plot_metrics(rows, config, png):
     """Test metric vs T per model, with the task's baseline."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    panels = [
-        (task, lengths)
-        for task, lengths in (("adding", config.adding_list()), ("copy", config.copy_list()))
-        if lengths
-    ]
+    panels, settings = config.tasks(), config.fixed_settings()
     fig = Figure(figsize=(5.5 * len(panels), 4.2), layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(1, len(panels), squeeze=False)[0]
-    settings = config.fixed_settings()
-    for ax, (task, lengths) in zip(axes, panels):
-        ts = np.asarray(lengths)
-        ax.plot(ts, [baseline(task, T, settings) for T in ts], "k--", lw=1.2,
+    for ax, (task, lengths) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels):
+        ax.plot(lengths, [baseline(task, T, settings) for T in lengths], "k--", lw=1.2,
                 label="baseline (no memory)")
         for i, m in enumerate(config.model_list()):
-            sel = sorted(
-                (r for r in rows if r["task"] == task and r["model"] == m
-                 and r.get("metric") is not None),
-                key=lambda r: r["T"],
-            )
+            sel = sorted((r for r in rows if r["task"] == task and r["model"] == m
+                          and r.get("metric") is not None), key=lambda r: r["T"])
             if sel:
-                ax.plot([r["T"] for r in sel], [r["metric"] for r in sel], "-o",
-                        color=f"C{i}", label=m)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xticks(ts)
-        ax.set_xticklabels([str(t) for t in ts])
+                ax.plot([r["T"] for r in sel], [r["metric"] for r in sel], "-o", color=f"C{i}",
+                        label=m)
+        ax.set(xscale="log", yscale="log", xlabel="T (steps to remember across)",
+               ylabel="test MSE" if task == "adding" else "test cross-entropy (nats/step)",
+               title="Adding problem" if task == "adding" else "Copy memory")
+        ax.set_xticks(lengths, [str(t) for t in lengths])
         ax.minorticks_off()
-        lo, hi = ax.get_ylim()
-        ticks = [
-            m * 10.0**e for e in range(-6, 3) for m in (1, 2, 5)
-            if lo <= m * 10.0**e <= hi
-        ]
-        ax.set_yticks(ticks)
-        ax.set_yticklabels([f"{t:g}" for t in ticks])
-        ax.set_xlabel("T (steps to remember across)")
-        ax.set_ylabel("test MSE" if task == "adding" else "test cross-entropy (nats/step)")
-        ax.set_title("Adding problem" if task == "adding" else "Copy memory")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
     fig.savefig(png, dpi=90)
@@ -568,105 +315,66 @@ def plot_metrics(rows, config, png):
 
 
 def plot_final_gradients(rows, workdir, config, png):
-    """Mean ||dL/dh_t|| vs steps back at the end of training, per task and
-    VanillaRNN model, one curve per T."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    """Mean ||dL/dh_t|| vs steps back at the end of training, a panel per
+    task and VanillaRNN model, a curve per T (None without such models)."""
     from matplotlib.figure import Figure
 
     from keras_vrnn import plots
 
-    models = [m for m in config.model_list() if m != "lstm"]
-    panels = [
-        (task, lengths)
-        for task, lengths in (("adding", config.adding_list()), ("copy", config.copy_list()))
-        if lengths
-    ]
-    if not models or not panels:
+    models, panels = [m for m in config.model_list() if m != "lstm"], config.tasks()
+    if not models:
         return None
     fig = Figure(figsize=(4.2 * len(models), 3.6 * len(panels)), layout="constrained")
-    FigureCanvasAgg(fig)
     axes = fig.subplots(len(panels), len(models), squeeze=False)
-    for i, (task, lengths) in enumerate(panels):
-        for j, m in enumerate(models):
-            ax = axes[i][j]
-            drawn = False
+    by_key = {(r["task"], r["T"], r["model"]): r for r in rows}
+    for ax_row, (task, lengths) in zip(axes, panels):
+        for ax, m in zip(ax_row, models):
             for k, T in enumerate(lengths):
-                row = next(
-                    (r for r in rows if r["task"] == task and r["T"] == T and r["model"] == m),
-                    None,
-                )
-                if row is None:
+                row = by_key.get((task, T, m))
+                npz = row and os.path.join(sweep.config_dir_of(str(workdir), row["config_id"]),
+                                           common.LOGS_DIR, "gradient_norms.npz")
+                if not npz or not os.path.exists(npz):
                     continue
-                npz = runner.gradient_norms_path(
-                    sweep.config_dir_of(str(workdir), row["config_id"])
-                )
-                if not npz.exists():
-                    continue
-                data = plots.load_gradient_norms(str(npz))
-                mean = data["layers"][data["keys"][0]]["mean_norms"][-1]
+                logs = plots.load_gradient_norms(npz)
+                mean = logs["layers"][logs["keys"][0]]["mean_norms"][-1]
                 ok = np.isfinite(mean) & (mean > 0)
-                if not ok.any():
-                    continue
-                back = np.arange(mean.size - 1, -1, -1)
-                metric = row.get("metric")
-                label = f"T={T}" + (f" ({_fmt(metric)})" if metric is not None else "")
-                ax.plot(back[ok], mean[ok], color=f"C{k}", label=label)
-                drawn = True
-            if drawn:
-                ax.set_yscale("log")
-                ax.legend(fontsize=7)
-            ax.set_title(f"{task}: {m}, end of training")
-            ax.set_xlabel("steps back from the last step")
-            ax.set_ylabel("mean ||dL/dh_t||")
+                if ok.any():
+                    label = f"T={T}" + (f" ({fmt(row['metric'])})" if row.get("metric") else "")
+                    ax.plot(np.arange(mean.size - 1, -1, -1)[ok], mean[ok], color=f"C{k}",
+                            label=label)
+                    ax.set_yscale("log")
+                    ax.legend(fontsize=7)
+            ax.set(title=f"{task}: {m}, end of training", xlabel="steps back from the last step",
+                   ylabel="mean ||dL/dh_t||")
             ax.grid(True, which="both", alpha=0.3)
     fig.savefig(png, dpi=90)
     return png
 
 
 def train_and_evaluate(config, workdir):
+    """Runs (or resumes) the sweep; writes results.json, results.md, plots."""
     start = time.perf_counter()
     settings = config.fixed_settings()
-    records = sweep.run_sweep(
-        str(workdir),
-        configurations(config),
-        functools.partial(run_config, settings=settings),
-        workers=config.workers,
-        threads=config.threads or None,
-        metric_names=METRIC_NAMES,
-        progress=config.verbose > 0,
-        label="long_range",
-    )
+    records = config.sweep(workdir, configurations(config),
+                           functools.partial(run_config, settings=settings), METRIC_NAMES)
+    rows, counts = sweep.rows_of(records), sweep.summarize(records)
+    out = common.plots_dir(workdir)
+    pngs = [plot_metrics(rows, config, out / "metric_vs_T.png"),
+            plot_final_gradients(rows, workdir, config, out / "final_gradient_norms.png")]
     wall_s = time.perf_counter() - start
-    rows = [_row(r) for r in records]
-    counts = sweep.summarize(records)
-    out = runner.plots_dir(workdir)
-    pngs = [str(plot_metrics(rows, config, out / "metric_vs_T.png"))]
-    grad_png = plot_final_gradients(rows, workdir, config, out / "final_gradient_norms.png")
-    if grad_png is not None:
-        pngs.append(str(grad_png))
-    results = {
-        "experiment": "long_range",
-        "counts": counts,
-        "wall_s": wall_s,
-        # wall_s: this start; configs_wall_s: all configurations' own times,
-        # including those finished by an earlier start of a resumed sweep.
-        "configs_wall_s": sum(r.get("wall_s") or 0.0 for r in records),
-        "baselines": {
-            f"{task}_T{T}": baseline(task, T, settings)
-            for task, lengths in (("adding", config.adding_list()), ("copy", config.copy_list()))
-            for T in lengths
-        },
-        "rows": rows,
-        "plots": pngs,
-    }
-    md = markdown(rows, config, counts, wall_s)
-    return sweep.save_report(workdir, results, md, config.verbose)
+    results = {"experiment": "long_range", "counts": counts, "wall_s": wall_s,
+               # wall_s: this start; configs_wall_s: every configuration's own
+               # time, also those an earlier start of a resumed sweep finished.
+               "configs_wall_s": sum(r.get("wall_s") or 0.0 for r in records),
+               "baselines": {f"{task}_T{T}": baseline(task, T, settings)
+                             for task, lengths in config.tasks() for T in lengths},
+               "rows": rows, "plots": [str(p) for p in pngs if p is not None]}
+    return sweep.save_report(workdir, results, markdown(rows, config, counts, wall_s),
+                             config.verbose)
 
 
 def main(argv=None):
-    return sweep.run_sweep_main(
-        train_and_evaluate, Config, argv, configurations=configurations
-    )
+    return sweep.run_sweep_main(train_and_evaluate, Config, argv, configurations=configurations)
 
 
 if __name__ == "__main__":

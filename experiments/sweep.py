@@ -1,98 +1,61 @@
-"""Shared sweep engine: many configurations of one experiment, one run dir.
+"""Sweeps: many configurations of one experiment in one run dir, on dask.
 
-A sweep is a list of configurations (small JSON-able parameter dicts, each
-with a stable id) and one module-level function
+A sweep is a list of `(config_id, params)` (small JSON-able dicts; the id
+encodes the swept values) and one picklable function
+`fn(params, config_dir) -> metrics dict` that trains or measures one
+configuration and may write anything into `config_dir`. `run_sweep` runs
+every configuration not finished yet and keeps going whatever happens:
 
-    fn(params: dict, config_dir: str) -> dict
+- one that raises is recorded as "crashed" with its one-line error (the
+  traceback in `<config_dir>/traceback.txt`); a crash may be transient, so a
+  rerun tries it again;
+- one that diverges raises `Diverged(step)` or returns `{"status":
+  "diverged", "diverged_step": step, ...}` and is recorded as "diverged";
+- everything else is "ok".
 
-that trains/measures one configuration, writes whatever it likes into
-`config_dir` (TensorBoard logs, arrays, plots) and returns its metrics.
-`run_sweep` runs the configurations and keeps going whatever happens:
+Where it runs: `--workers 1` (the default) in this process; `--workers N`
+on a `dask.distributed.LocalCluster` of N worker processes (one thread each,
+TensorFlow limited to `--threads` threads, default cpu_count // N); or
+`--scheduler tcp://HOST:PORT` on a running dask cluster, whose workers must
+import this package and see the run dir at the same (absolute) path. The
+results do not depend on where: every configuration seeds itself.
 
-- A configuration that raises is recorded with status "crashed" and the
-  one-line error message (the traceback goes to `<config_dir>/traceback.txt`).
-- A configuration that diverges (inf/NaN) either raises `Diverged(step)` or
-  returns `{"status": "diverged", "diverged_step": step, ...}`; it is
-  recorded with status "diverged" (its metrics, if any, are kept).
-- Everything else has status "ok".
+Run dir `runs/<experiment>/<run_name>/`: sweep.json (experiment and fixed
+settings), config.json, configs/<config id>/result.json (written atomically
+when the configuration is done) beside what `fn` wrote, TensorBoard HParams
+summaries (`tensorboard --logdir` the run dir, HParams tab), results.json,
+results.md and plots/.
 
-Layout of a sweep run dir (`runs/<experiment>/<run_name>/`)::
-
-    sweep.json                        manifest: experiment, fixed settings
-    events.out.tfevents.*.hparams_config   HParams experiment summary
-    configs/<config id>/result.json   one per finished configuration,
-                                      written atomically when it is done
-    configs/<config id>/events.*.hparams   hp.hparams + metric scalars
-    configs/<config id>/...           whatever `fn` wrote
-
-Resume semantics (the choice made here): a run dir that holds a `sweep.json`
-manifest is a sweep and is *resumable*. Starting the same experiment with the
-same `--run_name` again reuses the dir, skips every configuration whose
-`result.json` says "ok" or "diverged", and reruns the rest (never started,
-interrupted, or "crashed": a crash may be transient, and a deterministic one
-just crashes again and is recorded again). Resuming is refused (exit 2 via
-`SweepError`) when the fixed settings recorded in the manifest differ from
-the new ones (results from different settings must not be mixed), or when the
-directory exists without a manifest (not a sweep: it is never touched).
-Changing only the swept axes (e.g. adding a gain) is allowed: configuration
-ids encode the axis values, so finished ones are reused and new ones run.
-Leaving out a configuration the dir has recorded (its `result.json`: "ok",
-"diverged" or "crashed") is refused too, with the earlier axis values in the
-message. The report (results.json, results.md, plots) is made from the
-swept axes of the command, so after a smaller rerun it would describe a
-subset while the other configurations stayed on disk unreported. Merging
-them into the report instead is worse: the union of two grids is in general
-no grid (no config.json could describe it; tables and plots would have
-holes), and a report that ignores the axes just typed is a surprise of its
-own. Refusing loses nothing and keeps one rule: a sweep dir's report
-covers exactly the configurations recorded in it, which are those of its
-config.json. To look at a subset, rerun with a new `--run_name`. A
-configuration dir without `result.json` (an interrupted attempt) holds no
-result and does not count.
-
-Parallelism: `workers=1` (default) runs in this process; `workers=N > 1`
-uses a `concurrent.futures.ProcessPoolExecutor` with the "spawn" start method
-whose workers set TensorFlow's thread pools to `threads` threads (default
-`cpu_count // workers`) before TensorFlow is imported. Results do not depend
-on `workers`: every configuration seeds itself from its parameters.
-
-HParams: the sweep writes `hparams_config` once at the sweep level (the
-swept parameters as discrete domains and the metric names), and each
-configuration dir gets `hparams(...)` (trial id = config id) plus one scalar
-per finite numeric metric and a `diverged` 0/1 scalar, so
-`tensorboard --logdir runs/<experiment>/<run_name>` shows the sweep in the
-HParams dashboard. The summaries are the protos of
-`tensorboard.plugins.hparams.api` (`hparams_config_pb`/`hparams_pb`),
-written with TensorBoard's pure-Python record writer so the sweep process
-does not need TensorFlow.
-
-Progress: one line on stderr, updated per finished configuration.
+Resuming: the same command and `--run_name` skips every configuration
+recorded "ok" or "diverged" and runs the rest. It is refused (exit 2,
+nothing touched) when the fixed settings differ (results must not be
+mixed), when the dir is no sweep of this experiment, or when the swept
+values leave out a recorded configuration: the report covers exactly the
+configurations recorded in the dir, those of its config.json, so a smaller
+rerun would report a subset while the rest stayed on disk (a union of two
+grids is in general no grid). Adding values resumes; for a subset use a new
+`--run_name`.
 """
 
-import concurrent.futures
 import dataclasses
-import json
+import logging
 import math
-import multiprocessing
 import os
+import pathlib
 import re
 import shutil
-import sys
-import tempfile
+import socket
 import time
 import traceback
 import typing
+import uuid
 from typing import ClassVar
 
-import numpy as np
+from experiments import common
+from experiments.common import option
 
-from experiments import runner as _runner
-
-MANIFEST = "sweep.json"
-RESULT = "result.json"
-CONFIGS_DIR = "configs"
-FINISHED_STATUSES = ("ok", "diverged")
-STATUSES = ("ok", "diverged", "crashed")
+MANIFEST, RESULT, CONFIGS_DIR = "sweep.json", "result.json", "configs"
+STATUSES, FINISHED = ("ok", "diverged", "crashed"), ("ok", "diverged")
 
 
 class SweepError(ValueError):
@@ -100,798 +63,389 @@ class SweepError(ValueError):
 
 
 class Diverged(Exception):
-    """Raise from a configuration function when training became inf/NaN.
-
-    Args:
-        step: The step (training step, or 0 for the initial forward pass) at
-            which the first non-finite value appeared.
-        message: Optional description (what overflowed).
-        metrics: Optional metrics measured before the divergence; they are
-            kept in the record.
-    """
+    """Raised by a configuration whose training became inf/NaN at `step`;
+    `metrics` measured before are kept in its record."""
 
     def __init__(self, step, message="", metrics=None):
         super().__init__(message or f"diverged at step {step}")
-        self.step = None if step is None else int(step)
-        self.metrics = dict(metrics or {})
+        self.step, self.metrics = step, dict(metrics or {})
 
 
-# ---------------------------------------------------------------------------
-# Small helpers
-# ---------------------------------------------------------------------------
+def split_list(name, text, kind, minimum=None, choices=None):
+    """The items of a comma-separated flag (`"0.5,1,2"`) as `kind`, each
+    finite, >= minimum, one of `choices` and given once."""
+    what = {int: "integers", float: "numbers", str: "names"}[kind]
+    example = {int: "50,200", float: "0.5,1.0,2.0", str: "tanh,relu"}[kind]
+    values = []
+    for item in [i.strip() for i in str(text).split(",") if i.strip()] or [""]:
+        try:
+            value = kind(item) if item else None
+        except ValueError:
+            value = None
+        if value is None or (kind is float and not math.isfinite(value)):
+            problem = f"Expected a comma-separated list of finite {what}, e.g. --{name} {example}"
+        elif minimum is not None and value < minimum:
+            problem = f"Expected {what} >= {minimum}"
+        elif choices is not None and value not in choices:
+            problem = f"Expected items from {list(choices)}"
+        elif value in values:
+            problem = f"Got {item!r} twice; expected each value once"
+        else:
+            values.append(value)
+            continue
+        raise ValueError(f"Received: {name}={text!r} (item {item!r}). {problem}.")
+    return values
 
 
-def save_report(workdir, results, md, verbose):
-    """Writes a sweep's `results.json` and `results.md` (`md`); when
-    `verbose`, prints the summary tables (all but the per-configuration one,
-    which starts at the heading "## All configurations")."""
-    _runner.save_results(workdir, results)
-    with open(os.path.join(workdir, "results.md"), "w") as f:
-        f.write(md)
-    if verbose:
-        print()
-        print(md.split("\n## All configurations")[0])
-    return results
-
-
-def write_json_atomic(path, obj):
-    """Writes `obj` as JSON to `path` atomically (temp file + os.replace)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(_runner.jsonable(obj), f, indent=2, allow_nan=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _read_json(path):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
-
-
-_ID_BAD = re.compile(r"[^A-Za-z0-9._=+-]+")
-
-
-def make_config_id(params, keys=None, abbrev=None):
-    """A filesystem-safe id from parameter values, e.g. `tanh_g1.25_T200`.
-
-    Args:
-        params: The configuration's parameter dict.
-        keys: Order of the keys to include (default: sorted keys).
-        abbrev: Optional `{key: prefix}`; a key mapped to "" contributes its
-            value only, e.g. `{"activation": "", "gain": "g", "T": "T"}`.
-    """
-    keys = sorted(params) if keys is None else keys
-    abbrev = abbrev or {}
-    parts = []
-    for key in keys:
-        value = params[key]
-        text = f"{value:g}" if isinstance(value, float) else str(value)
-        prefix = abbrev.get(key, f"{key}=")
-        parts.append(f"{prefix}{text}")
-    return _ID_BAD.sub("-", "_".join(parts)) or "config"
+def make_config_id(params, keys, abbrev):
+    """A filesystem-safe id, e.g. `tanh_g1.25_T200` for `{"activation": "",
+    "gain": "g", "T": "T"}` (the prefix of each key)."""
+    parts = [f"{abbrev[k]}{params[k]:g}" if isinstance(params[k], float)
+             else f"{abbrev[k]}{params[k]}" for k in keys]
+    return re.sub(r"[^A-Za-z0-9._=+-]+", "-", "_".join(parts))
 
 
 def _one_line(exc):
-    text = f"{type(exc).__name__}: {exc}".strip()
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    line = lines[0] if lines else type(exc).__name__
-    return line if len(line) <= 500 else line[:497] + "..."
+    lines = [line.strip() for line in f"{type(exc).__name__}: {exc}".splitlines() if line.strip()]
+    return lines[0][:500]
 
 
 # ---------------------------------------------------------------------------
-# TensorBoard HParams (no TensorFlow needed)
+# TensorBoard HParams, written without TensorFlow
 # ---------------------------------------------------------------------------
 
 
-def _hp():
-    from tensorboard.plugins.hparams import summary_v2
-
-    return summary_v2
-
-
-_uid = iter(range(1 << 62))
-
-
-def _write_summaries(logdir, summaries, suffix):
-    """Writes `[(step, Summary proto)]` to a fresh event file in `logdir`.
-
-    TensorBoard's `EventFileWriter` would import TensorFlow (for `gfile`);
-    its `RecordWriter` on a plain file writes the same TFRecord format.
-    """
-    import socket
-
+def _write_events(logdir, summaries, suffix):
+    """Writes Summary protos to a new event file (TensorBoard's own record
+    writer on a plain file: its EventFileWriter would import TensorFlow)."""
     from tensorboard.compat.proto import event_pb2
     from tensorboard.summary.writer.record_writer import RecordWriter
 
     os.makedirs(logdir, exist_ok=True)
-    name = "events.out.tfevents.%010d.%s.%s.%s%s" % (
-        time.time(), socket.gethostname(), os.getpid(), next(_uid), suffix,
-    )
+    name = (f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}."
+            f"{os.getpid()}.{uuid.uuid4().hex[:8]}{suffix}")
     with open(os.path.join(logdir, name), "wb") as f:
         writer = RecordWriter(f)
         events = [event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2")]
-        events += [
-            event_pb2.Event(wall_time=time.time(), step=step, summary=summary)
-            for step, summary in summaries
-        ]
+        events += [event_pb2.Event(wall_time=time.time(), step=0, summary=s) for s in summaries]
         for event in events:
             writer.write(event.SerializeToString())
-        f.flush()
-        os.fsync(f.fileno())
 
 
-def _scalar_pb(tag, value):
-    from tensorboard.compat.proto import summary_pb2
-
-    return summary_pb2.Summary(
-        value=[summary_pb2.Summary.Value(tag=tag, simple_value=float(value))]
-    )
-
-
-def _hparam_value(value):
-    """HParams values must be bool, int, float or str."""
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return float(value)
-    if isinstance(value, str):
-        return value
-    return json.dumps(_runner.jsonable(value))
-
-
-def numeric_metrics(metrics):
-    """The finite scalar numbers of a metrics dict (for TensorBoard)."""
-    out = {}
-    for key, value in (metrics or {}).items():
-        if isinstance(value, (bool, np.bool_)):
-            out[key] = float(value)
-        elif isinstance(value, (int, float, np.integer, np.floating)):
-            if math.isfinite(float(value)):
-                out[key] = float(value)
-    return out
+def _hparam(value):
+    value = common.jsonable(value)
+    return value if isinstance(value, (bool, int, float, str)) else str(value)
 
 
 def write_hparams_config(sweep_dir, params_list, metric_names):
-    """Writes the sweep-level `hparams_config` (replacing an older one)."""
-    hp = _hp()
-    values = {}
+    """The sweep's HParams experiment: swept values and metric names."""
+    from tensorboard.plugins.hparams import summary_v2 as hp
+
+    domains = {}
     for params in params_list:
         for key, value in params.items():
-            values.setdefault(key, []).append(_hparam_value(value))
-    hparams = []
-    for key, vals in values.items():
-        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals):
-            if any(isinstance(v, float) for v in vals):
-                vals = [float(v) for v in vals]
-        elif not all(type(v) is type(vals[0]) for v in vals):
-            vals = [str(v) for v in vals]
-        hparams.append(hp.HParam(key, hp.Discrete(sorted(set(vals)))))
-    metrics = [hp.Metric(name) for name in list(metric_names) + ["diverged"]]
-    for name in os.listdir(sweep_dir):
-        if name.startswith("events.out.tfevents") and name.endswith(".hparams_config"):
-            os.unlink(os.path.join(sweep_dir, name))
-    _write_summaries(
-        sweep_dir,
-        [(0, hp.hparams_config_pb(hparams=hparams, metrics=metrics))],
-        ".hparams_config",
-    )
+            domains.setdefault(key, set()).add(_hparam(value))
+    hparams = [hp.HParam(k, hp.Discrete(sorted(v, key=str) if len({type(x) for x in v}) > 1
+                                        else sorted(v))) for k, v in domains.items()]
+    for old in pathlib.Path(sweep_dir).glob("events.out.tfevents.*.hparams_config"):
+        old.unlink()
+    _write_events(sweep_dir, [hp.hparams_config_pb(
+        hparams=hparams, metrics=[hp.Metric(m) for m in [*metric_names, "diverged"]])],
+        ".hparams_config")
 
 
 def write_hparams_run(config_dir, config_id, params, record):
-    """Writes `hparams(params)` and the metric scalars into `config_dir`."""
-    hp = _hp()
-    hparams = {k: _hparam_value(v) for k, v in params.items()}
-    summaries = [(0, hp.hparams_pb(hparams, trial_id=config_id))]
-    for tag, value in numeric_metrics(record.get("metrics")).items():
-        summaries.append((0, _scalar_pb(tag, value)))
+    """One trial: `hparams(params)` and a scalar per finite metric."""
+    from tensorboard.compat.proto import summary_pb2
+    from tensorboard.plugins.hparams import summary_v2 as hp
+
+    scalars = {k: float(v) for k, v in record["metrics"].items()
+               if isinstance(v, (int, float)) and math.isfinite(v)}
     if record["status"] != "crashed":
-        summaries.append((0, _scalar_pb("diverged", record["status"] == "diverged")))
-    _write_summaries(config_dir, summaries, ".hparams")
+        scalars["diverged"] = float(record["status"] == "diverged")
+    _write_events(config_dir, [hp.hparams_pb({k: _hparam(v) for k, v in params.items()},
+                                             trial_id=config_id)] + [
+        summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=k, simple_value=v)])
+        for k, v in scalars.items()], ".hparams")
 
 
 # ---------------------------------------------------------------------------
-# Sweep directory (manifest, resume)
+# Sweep directory
 # ---------------------------------------------------------------------------
-
-
-def _diff(old, new):
-    keys = sorted(set(old) | set(new))
-    return [
-        f"{k}: {old.get(k, '<unset>')!r} -> {new.get(k, '<unset>')!r}"
-        for k in keys
-        if old.get(k, "<unset>") != new.get(k, "<unset>")
-    ]
-
-
-def recorded_config_ids(sweep_dir):
-    """Ids of the configurations with a `result.json` in `sweep_dir`, sorted
-    (any status: ok, diverged or crashed; not an interrupted attempt)."""
-    root = os.path.join(sweep_dir, CONFIGS_DIR)
-    if not os.path.isdir(root):
-        return []
-    ids = []
-    for name in sorted(os.listdir(root)):
-        record = _read_json(os.path.join(root, name, RESULT))
-        if isinstance(record, dict) and record.get("status") in STATUSES:
-            ids.append(name)
-    return ids
-
-
-def check_covers_recorded(sweep_dir, config_ids, axes=None):
-    """Refuses a sweep that leaves out configurations recorded in its dir.
-
-    Args:
-        sweep_dir: The run dir.
-        config_ids: Ids of the configurations of the new start.
-        axes: Optional `{flag: value}` of the swept axes of the new start;
-            the message then names those that differ from the dir's
-            config.json (the earlier start).
-
-    Raises:
-        SweepError: Some recorded configuration is not in `config_ids`.
-    """
-    left_out = sorted(set(recorded_config_ids(sweep_dir)) - set(config_ids))
-    if not left_out:
-        return
-    shown = ", ".join(left_out[:5])
-    if len(left_out) > 5:
-        shown += f", ... ({len(left_out)} in all)"
-    received = f"{len(config_ids)} configuration(s)"
-    earlier = ""
-    if axes:
-        saved = _read_json(os.path.join(sweep_dir, _runner.CONFIG_FILE))
-        saved = saved if isinstance(saved, dict) else {}
-        changed = [k for k in axes if k in saved and saved[k] != axes[k]]
-        if changed:
-            received = ", ".join(f"{k}={axes[k]!r}" for k in changed)
-            earlier = "; earlier: " + ", ".join(
-                f"{k}={saved[k]!r}" for k in changed
-            )
-    raise SweepError(
-        f"Received: {received} for run dir {sweep_dir}, which holds "
-        f"{len(left_out)} recorded configuration(s) that this sweep leaves "
-        f"out ({shown}{earlier}). Expected swept values that include every "
-        f"recorded configuration (the report covers all of them), or a new "
-        f"--run_name."
-    )
-
-
-def prepare_sweep_dir(sweep_dir, experiment, settings, config_ids=None, axes=None):
-    """Creates a sweep dir or validates an existing one for resuming.
-
-    Args:
-        sweep_dir: The run dir, `runs/<experiment>/<run_name>`.
-        experiment: Experiment name, stored in (and checked against) the
-            manifest.
-        settings: JSON-able dict of the settings that must not change on
-            resume (everything that affects a configuration's result but is
-            not part of its id).
-        config_ids: Optional ids of the configurations to run; resuming is
-            then refused if the dir has recorded others
-            (`check_covers_recorded`), before anything in it changes.
-        axes: Optional `{flag: value}` of the swept axes, for that message.
-
-    Returns:
-        True if an existing sweep is resumed, False if the dir is new.
-
-    Raises:
-        SweepError: The dir exists but is not a sweep of this experiment,
-            its settings differ, or it has recorded configurations that
-            `config_ids` leaves out.
-    """
-    settings = _runner.jsonable(settings)
-    manifest_path = os.path.join(sweep_dir, MANIFEST)
-    if os.path.isdir(sweep_dir) and os.listdir(sweep_dir):
-        manifest = _read_json(manifest_path)
-        if manifest is None:
-            raise SweepError(
-                f"Run dir {sweep_dir} already exists and is not a sweep "
-                f"(no readable {MANIFEST}); it is never overwritten. Pass a "
-                "new --run_name."
-            )
-        if manifest.get("experiment") != experiment:
-            raise SweepError(
-                f"Run dir {sweep_dir} holds a sweep of experiment "
-                f"{manifest.get('experiment')!r}, not {experiment!r}. Pass a "
-                "new --run_name."
-            )
-        differences = _diff(manifest.get("settings", {}), settings)
-        if differences:
-            raise SweepError(
-                f"Run dir {sweep_dir} holds a sweep with other settings "
-                f"({'; '.join(differences)}); resuming would mix results. "
-                "Rerun with the same settings to resume, or pass a new "
-                "--run_name."
-            )
-        if config_ids is not None:
-            check_covers_recorded(sweep_dir, config_ids, axes)
-        manifest["resumed"] = manifest.get("resumed", 0) + 1
-        write_json_atomic(manifest_path, manifest)
-        return True
-    os.makedirs(os.path.join(sweep_dir, CONFIGS_DIR), exist_ok=True)
-    write_json_atomic(
-        manifest_path,
-        {
-            "experiment": experiment,
-            "settings": settings,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "resumed": 0,
-        },
-    )
-    return False
 
 
 def config_dir_of(sweep_dir, config_id):
     return os.path.join(sweep_dir, CONFIGS_DIR, config_id)
 
 
-def load_finished(sweep_dir, config_id):
-    """The stored record of a finished ("ok"/"diverged") config, or None."""
-    record = _read_json(os.path.join(config_dir_of(sweep_dir, config_id), RESULT))
-    if isinstance(record, dict) and record.get("status") in FINISHED_STATUSES:
-        return record
-    return None
+def _record(sweep_dir, config_id):
+    record = common.read_json(os.path.join(config_dir_of(sweep_dir, config_id), RESULT))
+    return record if isinstance(record, dict) and record.get("status") in STATUSES else None
 
 
-# ---------------------------------------------------------------------------
-# Running one configuration (in this process or in a worker)
-# ---------------------------------------------------------------------------
+def recorded_config_ids(sweep_dir):
+    """Ids with a result.json (any status; not an interrupted attempt)."""
+    root = os.path.join(sweep_dir, CONFIGS_DIR)
+    names = sorted(os.listdir(root)) if os.path.isdir(root) else []
+    return [name for name in names if _record(sweep_dir, name)]
 
 
-def _init_worker(threads):
-    """Worker initializer: low TF thread counts, quiet TF logs."""
-    threads = str(max(1, int(threads)))
-    for var in ("TF_NUM_INTRAOP_THREADS", "OMP_NUM_THREADS"):
-        os.environ[var] = threads
-    os.environ["TF_NUM_INTEROP_THREADS"] = threads
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if "tensorflow" in sys.modules:  # only possible with a non-spawn context
-        import tensorflow as tf
+def check_covers_recorded(sweep_dir, config_ids, axes=None):
+    """`SweepError` if a configuration recorded in `sweep_dir` is not among
+    `config_ids`; the message names the changed swept `axes` (`{flag:
+    value}`) against the dir's config.json."""
+    left_out = sorted(set(recorded_config_ids(sweep_dir)) - set(config_ids))
+    if not left_out:
+        return
+    shown = ", ".join(left_out[:5]) + (f", ... ({len(left_out)} in all)" if len(left_out) > 5 else "")
+    saved = common.read_json(os.path.join(sweep_dir, common.CONFIG_FILE)) or {}
+    changed = [k for k in axes or {} if k in saved and saved[k] != axes[k]]
+    received = ", ".join(f"{k}={axes[k]!r}" for k in changed) or f"{len(config_ids)} configuration(s)"
+    earlier = "; earlier: " + ", ".join(f"{k}={saved[k]!r}" for k in changed) if changed else ""
+    raise SweepError(
+        f"Received: {received} for run dir {sweep_dir}, which holds {len(left_out)} "
+        f"recorded configuration(s) that this sweep leaves out ({shown}{earlier}). "
+        f"Expected swept values that include every recorded configuration (the report "
+        f"covers all of them), or a new --run_name.")
 
-        try:
-            tf.config.threading.set_intra_op_parallelism_threads(int(threads))
-            tf.config.threading.set_inter_op_parallelism_threads(int(threads))
-        except RuntimeError:
-            pass
+
+def prepare_sweep_dir(sweep_dir, experiment, settings, config_ids=None, axes=None):
+    """Creates the manifest of a new sweep dir (returns False) or checks an
+    existing one for resuming (returns True); `SweepError` if it is not a
+    sweep of `experiment`, has other settings, or holds recorded
+    configurations outside `config_ids`."""
+    path, settings = os.path.join(sweep_dir, MANIFEST), common.jsonable(settings)
+    if not (os.path.isdir(sweep_dir) and os.listdir(sweep_dir)):
+        os.makedirs(os.path.join(sweep_dir, CONFIGS_DIR), exist_ok=True)
+        common.write_json(path, {"experiment": experiment, "settings": settings})
+        return False
+    manifest = common.read_json(path)
+    if not isinstance(manifest, dict):
+        raise SweepError(f"Run dir {sweep_dir} already exists and is not a sweep (no "
+                         f"readable {MANIFEST}); it is never overwritten. Pass a new --run_name.")
+    if manifest.get("experiment") != experiment:
+        raise SweepError(f"Run dir {sweep_dir} holds a sweep of experiment "
+                         f"{manifest.get('experiment')!r}, not {experiment!r}. Pass a new --run_name.")
+    old = manifest.get("settings", {})
+    differences = [f"{k}: {old.get(k, '<unset>')!r} -> {settings.get(k, '<unset>')!r}"
+                   for k in sorted(set(old) | set(settings)) if old.get(k) != settings.get(k)]
+    if differences:
+        raise SweepError(f"Run dir {sweep_dir} holds a sweep with other settings "
+                         f"({'; '.join(differences)}); resuming would mix results. Rerun with "
+                         f"the same settings to resume, or pass a new --run_name.")
+    if config_ids is not None:
+        check_covers_recorded(sweep_dir, config_ids, axes)
+    return True
 
 
 def execute_config(fn, config_id, params, config_dir):
-    """Runs one configuration and stores its record; never raises (except
-    KeyboardInterrupt). Returns the record."""
-    if os.path.isdir(config_dir):
-        # Leftovers of an interrupted or crashed attempt: start clean so the
-        # TensorBoard logs hold one attempt only.
-        shutil.rmtree(config_dir)
+    """Runs one configuration (in this process or on a dask worker), stores
+    and returns its record; never raises for the configuration's own errors."""
+    shutil.rmtree(config_dir, ignore_errors=True)  # an interrupted attempt's leftovers
     os.makedirs(config_dir)
-    record = {
-        "config_id": config_id,
-        "params": dict(params),
-        "status": "ok",
-        "diverged_step": None,
-        "error": None,
-        "metrics": {},
-        "wall_s": None,
-    }
+    record = {"config_id": config_id, "params": dict(params), "status": "ok",
+              "diverged_step": None, "error": None, "metrics": {}}
     start = time.perf_counter()
     try:
-        result = fn(dict(params), config_dir)
-        result = dict(result or {})
-        status = result.pop("status", "ok")
-        if status not in STATUSES:
-            raise ValueError(
-                f"configuration function returned status={status!r}; "
-                f"expected one of {STATUSES}"
-            )
-        record["status"] = status
-        record["diverged_step"] = result.pop("diverged_step", None)
-        record["error"] = result.pop("error", None)
-        record["metrics"] = result
+        metrics = dict(fn(dict(params), config_dir) or {})
+        record.update(status=metrics.pop("status", "ok"),
+                      diverged_step=metrics.pop("diverged_step", None),
+                      error=metrics.pop("error", None), metrics=metrics)
     except Diverged as exc:
-        record.update(
-            status="diverged",
-            diverged_step=exc.step,
-            error=str(exc),
-            metrics=exc.metrics,
-        )
-    except Exception as exc:  # noqa: BLE001 - a crash is a result here
+        record.update(status="diverged", diverged_step=exc.step, error=str(exc),
+                      metrics=exc.metrics)
+    except Exception as exc:  # noqa: BLE001 (a crash is a result here)
         record.update(status="crashed", error=_one_line(exc))
-        with open(os.path.join(config_dir, "traceback.txt"), "w") as f:
-            f.write(traceback.format_exc())
+        pathlib.Path(config_dir, "traceback.txt").write_text(traceback.format_exc())
     record["wall_s"] = round(time.perf_counter() - start, 3)
-    record = _runner.jsonable(record)
-    try:
-        write_hparams_run(config_dir, config_id, params, record)
-    except Exception as exc:  # noqa: BLE001 - logging must not lose a result
-        record["hparams_error"] = _one_line(exc)
-    write_json_atomic(os.path.join(config_dir, RESULT), record)
+    record = common.jsonable(record)
+    write_hparams_run(config_dir, config_id, params, record)
+    common.write_json(os.path.join(config_dir, RESULT), record)
     return record
 
 
-# ---------------------------------------------------------------------------
-# Progress
-# ---------------------------------------------------------------------------
+def _dask_client(workers, threads, scheduler):
+    """A client of the cluster at `scheduler`, or of a new LocalCluster of
+    `workers` processes with `threads` TensorFlow threads each (loopback)."""
+    from dask.distributed import Client, LocalCluster
+
+    if scheduler:
+        return Client(scheduler, timeout="30s")
+    threads = str(threads or max(1, (os.cpu_count() or 1) // workers))
+    env = {"TF_NUM_INTRAOP_THREADS": threads, "TF_NUM_INTEROP_THREADS": threads,
+           "OMP_NUM_THREADS": threads, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                           host="127.0.0.1", scheduler_kwargs={"dashboard": False}, env=env,
+                           silence_logs=logging.ERROR)
+    return Client(cluster)
 
 
-def _fmt_time(seconds):
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    return f"{seconds // 60}m{seconds % 60:02d}s"
-
-
-class Progress:
-    """One-line progress over configurations (carriage return on a TTY)."""
-
-    def __init__(self, total, label="sweep", stream=None, enabled=True):
-        self.total = total
-        self.label = label
-        self.stream = stream or sys.stderr
-        self.enabled = enabled
-        self.counts = {s: 0 for s in STATUSES}
-        self.skipped = 0
-        self.done = 0
-        self.start = time.perf_counter()
-        self.ran = 0
-        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
-
-    def skip(self, n):
-        """Counts `n` configurations finished by an earlier start (one line)."""
-        if n <= 0:
-            return
-        self.done += n
-        self.skipped += n
-        if self.enabled:
-            self.stream.write(
-                f"{self.label}: {n} of {self.total} configurations finished "
-                "before, skipped\n"
-            )
-            self.stream.flush()
-
-    def update(self, record):
-        self.done += 1
-        self.ran += 1
-        self.counts[record["status"]] += 1
-        if not self.enabled:
-            return
-        elapsed = time.perf_counter() - self.start
-        left = self.total - self.done
-        eta = f", ~{_fmt_time(elapsed / self.ran * left)} left" if self.ran and left else ""
-        what = record["status"]
-        if record.get("wall_s") is not None:
-            what += f" in {record['wall_s']:.1f}s"
-        width = len(str(self.total))
-        line = (
-            f"{self.label} [{self.done:>{width}}/{self.total}] "
-            f"ok {self.counts['ok']} diverged {self.counts['diverged']} "
-            f"crashed {self.counts['crashed']} skipped {self.skipped} | "
-            f"{_fmt_time(elapsed)}{eta} | {record['config_id']}: {what}"
-        )
-        if self.tty:
-            end = "\n" if self.done == self.total else ""
-            self.stream.write("\r\033[K" + line + end)
-        else:
-            self.stream.write(line + "\n")
-        self.stream.flush()
-
-
-# ---------------------------------------------------------------------------
-# The sweep
-# ---------------------------------------------------------------------------
-
-
-def run_sweep(
-    sweep_dir,
-    configs,
-    fn,
-    *,
-    workers=1,
-    threads=None,
-    metric_names=(),
-    progress=True,
-    label="sweep",
-):
-    """Runs every configuration not finished yet; returns all records.
-
-    Args:
-        sweep_dir: A dir prepared with `prepare_sweep_dir`.
-        configs: List of `(config_id, params)`; ids must be unique.
-        fn: Module-level function `fn(params, config_dir) -> dict` (it must be
-            picklable by reference for `workers > 1`).
-        workers: 1 runs in this process; N > 1 runs N spawn processes.
-        threads: TensorFlow threads per worker process (default
-            `max(1, cpu_count // workers)`); ignored for `workers=1`.
-        metric_names: Metric keys declared in the HParams experiment.
-        progress: Print the one-line progress to stderr.
-        label: Name shown in the progress line.
-
-    Returns:
-        The records (dicts with config_id, params, status, diverged_step,
-        error, metrics, wall_s, skipped) in the order of `configs`: every
-        configuration recorded in `sweep_dir`.
-
-    Raises:
-        SweepError: bad `workers`, duplicate ids, or `configs` leaves out a
-            configuration recorded in `sweep_dir` (`check_covers_recorded`).
-    """
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise SweepError(f"Received: workers={workers!r}. Expected an integer >= 1.")
+def run_sweep(sweep_dir, configs, fn, *, workers=1, threads=0, scheduler=None,
+              metric_names=(), progress=True, label="sweep"):
+    """Runs the configurations not finished in `sweep_dir` (in order of
+    `configs`, see the module doc for where) and returns every record:
+    config_id, params, status, diverged_step, error, metrics, wall_s, skipped."""
+    sweep_dir = os.path.abspath(sweep_dir)  # dask workers may start elsewhere
     ids = [cid for cid, _ in configs]
     if len(set(ids)) != len(ids):
-        dupes = sorted({c for c in ids if ids.count(c) > 1})
-        raise SweepError(f"Duplicate configuration ids: {dupes}.")
+        raise SweepError(f"Duplicate configuration ids: {sorted({c for c in ids if ids.count(c) > 1})}.")
     check_covers_recorded(sweep_dir, ids)
     write_hparams_config(sweep_dir, [p for _, p in configs], metric_names)
-
     records = {}
-    todo = []
-    bar = Progress(len(configs), label=label, enabled=progress)
-    for cid, params in configs:
-        done = load_finished(sweep_dir, cid)
-        if done is not None:
-            done["skipped"] = True
-            records[cid] = done
-        else:
-            todo.append((cid, params))
-    bar.skip(len(records))
+    for cid, _ in configs:
+        done = _record(sweep_dir, cid)
+        if done is not None and done["status"] in FINISHED:
+            records[cid] = {**done, "skipped": True}
+    todo = [(cid, params) for cid, params in configs if cid not in records]
+    if progress and records:
+        print(f"{label}: {len(records)} of {len(configs)} configurations finished before, skipped")
 
     def finish(record):
-        record["skipped"] = False
-        records[record["config_id"]] = record
-        bar.update(record)
+        records[record["config_id"]] = {**record, "skipped": False}
+        if progress:
+            print(f"{label} [{len(records)}/{len(configs)}] {record['config_id']}: "
+                  f"{record['status']} in {record['wall_s'] or 0:.1f}s", flush=True)
 
-    if workers == 1:
+    if todo and workers == 1 and not scheduler:
         for cid, params in todo:
             finish(execute_config(fn, cid, params, config_dir_of(sweep_dir, cid)))
     elif todo:
-        threads = threads or max(1, (os.cpu_count() or 1) // workers)
-        context = multiprocessing.get_context("spawn")
-        pool = concurrent.futures.ProcessPoolExecutor(
-            max_workers=min(workers, len(todo)),
-            mp_context=context,
-            initializer=_init_worker,
-            initargs=(threads,),
-        )
-        try:
-            futures = {
-                pool.submit(
-                    execute_config, fn, cid, params, config_dir_of(sweep_dir, cid)
-                ): (cid, params)
-                for cid, params in todo
-            }
-            for future in concurrent.futures.as_completed(futures):
-                cid, params = futures[future]
+        from dask.distributed import as_completed
+
+        with _dask_client(workers, threads, scheduler) as client:
+            futures = {client.submit(execute_config, fn, cid, params, config_dir_of(sweep_dir, cid),
+                                     key=f"{label}-{cid}-{uuid.uuid4().hex}", pure=False):
+                       (cid, params) for cid, params in todo}
+            for future in as_completed(futures):
                 try:
                     record = future.result()
-                except Exception as exc:  # the worker process itself died
-                    record = _runner.jsonable(
-                        {
-                            "config_id": cid,
-                            "params": dict(params),
-                            "status": "crashed",
-                            "diverged_step": None,
-                            "error": f"worker process failed: {_one_line(exc)}",
-                            "metrics": {},
-                            "wall_s": None,
-                        }
-                    )
-                    config_dir = config_dir_of(sweep_dir, cid)
-                    os.makedirs(config_dir, exist_ok=True)
-                    write_json_atomic(os.path.join(config_dir, RESULT), record)
+                except Exception as exc:  # noqa: BLE001 (the worker process died)
+                    cid, params = futures[future]
+                    record = {"config_id": cid, "params": params, "status": "crashed",
+                              "diverged_step": None, "metrics": {}, "wall_s": None,
+                              "error": f"worker process failed: {_one_line(exc)}"}
+                    common.write_json(os.path.join(config_dir_of(sweep_dir, cid), RESULT), record)
                 finish(record)
-        except BaseException:
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
-        pool.shutdown(wait=True)
+            if not scheduler:
+                client.cluster.close()
     return [records[cid] for cid in ids]
 
 
 def summarize(records):
-    """Counts of each status, e.g. {"ok": 60, "diverged": 4, "crashed": 0}."""
-    counts = {s: 0 for s in STATUSES}
-    for record in records:
-        counts[record["status"]] = counts.get(record["status"], 0) + 1
-    counts["skipped"] = sum(1 for r in records if r.get("skipped"))
-    return counts
+    """Counts per status and of the configurations reused from before."""
+    counts = {s: sum(r["status"] == s for r in records) for s in STATUSES}
+    return {**counts, "skipped": sum(bool(r.get("skipped")) for r in records)}
 
 
 # ---------------------------------------------------------------------------
-# Command-line entry point for sweep experiments
+# Command line
 # ---------------------------------------------------------------------------
-
-
-
-def split_list(name, text, kind, minimum=None, choices=None):
-    """Parses a comma-separated flag value (`"0.5,1,2"`) into a list.
-
-    Raises:
-        ValueError: One-line message naming the flag, for an empty list, an
-            unparseable or out-of-range item, or a duplicate.
-    """
-    what = {int: "integers", float: "numbers", str: "names"}[kind]
-    example = {int: "50,200", float: "0.5,1.0,2.0", str: "tanh,relu"}[kind]
-    items = [item.strip() for item in str(text).split(",") if item.strip()]
-    if not items:
-        raise ValueError(
-            f"Received: {name}={text!r}. Expected a comma-separated list of "
-            f"{what}, e.g. --{name} {example}."
-        )
-    values = []
-    for item in items:
-        try:
-            value = kind(item)
-        except ValueError:
-            raise ValueError(
-                f"Received: {name}={text!r} (item {item!r}). Expected a "
-                f"comma-separated list of {what}, e.g. --{name} {example}."
-            ) from None
-        if kind is float and not math.isfinite(value):
-            raise ValueError(f"Received: {name}={text!r}. Expected finite numbers.")
-        if minimum is not None and not value >= minimum:
-            raise ValueError(
-                f"Received: {name}={text!r} (item {item!r}). Expected {what} "
-                f">= {minimum}."
-            )
-        if choices is not None and value not in choices:
-            raise ValueError(
-                f"Received: {name}={text!r} (item {item!r}). Expected items "
-                f"from {list(choices)}."
-            )
-        if value in values:
-            raise ValueError(
-                f"Received: {name}={text!r} with {item!r} twice. Expected each "
-                "value once."
-            )
-        values.append(value)
-    return values
-
-
 
 
 @dataclasses.dataclass
-class SweepConfig(_runner.BaseConfig):
-    """Base config of a sweep experiment (subclass it like `BaseConfig`).
-
-    Class variables of a subclass:
-        sweep_axes: names of the comma-separated list fields that span the
-            sweep (they may change when a sweep is resumed).
-    """
+class SweepConfig(common.BaseConfig):
+    """Settings of every sweep; a subclass names its `sweep_axes`, the
+    comma-separated list fields that span the sweep."""
 
     sweep_axes: ClassVar[tuple] = ()
-    # Fields that change how, not what, is computed (ignored on resume).
-    execution_fields: ClassVar[tuple] = (
-        "workers",
-        "threads",
-        "verbose",
-        "run_name",
-        "workdir_root",
-    )
+    # Fields that change where and how, not what, is computed.
+    execution_fields: ClassVar[tuple] = ("workers", "threads", "scheduler", "verbose",
+                                         "run_name", "workdir_root")
 
-    # 1: configurations run one after another in this process.
-    workers: int = _runner.option(
-        1,
-        "Parallel worker processes (spawn) for the configurations; 1 runs "
-        "them in this process.",
-    )
+    # 1 runs the configurations one after another in this process.
+    workers: int = option(1, "Worker processes of a local dask cluster for the "
+                          "configurations; 1 runs them in this process.")
     # 0: cpu_count // workers threads for TensorFlow in each worker.
-    threads: int = _runner.option(
-        0, "TensorFlow threads per worker process (0: cpu_count // workers)."
-    )
-    # An existing sweep dir of this experiment is resumed, not overwritten.
-    run_name: typing.Optional[str] = _runner.option(
-        None,
-        "Name of the run directory (default: UTC start time). Reusing the "
-        "name of an earlier run of this sweep resumes it: finished "
-        "configurations are skipped; the swept values may add "
-        "configurations but not leave out recorded ones.",
-    )
+    threads: int = option(0, "TensorFlow threads per local worker (0: cpu_count // workers).")
+    # An existing dask cluster instead of a local one.
+    scheduler: typing.Optional[str] = option(
+        None, "Address of a running dask scheduler, e.g. tcp://10.0.0.5:8786, whose "
+        "workers run the configurations (they must see the run dir at the same path).")
+    run_name: typing.Optional[str] = option(
+        None, "Name of the run directory (default: UTC start time). Reusing the name of "
+        "an earlier run of this sweep resumes it: finished configurations are skipped; "
+        "the swept values may add configurations but not leave out recorded ones.")
     # Keras' own per-epoch output is always off in a sweep.
-    verbose: int = _runner.option(
-        1,
-        "0: silent; 1 or 2: one progress line per finished configuration.",
-        choices=(0, 1, 2),
-    )
+    verbose: int = option(1, "0: silent; 1 or 2: one progress line per finished "
+                          "configuration.", choices=(0, 1, 2))
 
     def validate(self):
         super().validate()
-        _runner.check_positive_int("workers", self.workers, example=2)
-        _runner.check_int("threads", self.threads, minimum=0)
+        common.check_int("workers", self.workers, example=2)
+        common.check_int("threads", self.threads, minimum=0)
+        if self.scheduler is not None and not re.fullmatch(r"\w+://\S+:\d+", self.scheduler):
+            raise ValueError(f"Received: scheduler={self.scheduler!r}. Expected a dask "
+                             f"scheduler address, e.g. --scheduler tcp://127.0.0.1:8786.")
 
     def fixed_settings(self):
-        """Settings that must match when a sweep is resumed."""
+        """The settings that must match when a sweep is resumed."""
         skip = set(self.execution_fields) | set(self.sweep_axes)
-        return {
-            k: v for k, v in _runner.config_to_dict(self).items() if k not in skip
-        }
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
+
+    def sweep(self, workdir, configs, fn, metric_names):
+        return run_sweep(str(workdir), configs, fn, workers=self.workers, threads=self.threads,
+                         scheduler=self.scheduler, metric_names=metric_names,
+                         progress=self.verbose > 0, label=self.experiment)
 
 
-def _fail(err):
-    message = " ".join(str(err).split()) or type(err).__name__
-    print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(_runner.USAGE_EXIT_CODE)
+def save_report(workdir, results, md, verbose):
+    """results.json and results.md; prints the summary tables when verbose."""
+    common.save_results(workdir, results)
+    (pathlib.Path(workdir) / "results.md").write_text(md)
+    if verbose:
+        print("\n" + md.split("\n## All configurations")[0])
+    return results
 
 
-def open_run_dir(config, config_ids=None):
-    """The sweep's run dir: new (via `runner.new_run_dir`) or resumed.
-
-    `config_ids` (optional): the ids of the configurations to run; an
-    existing dir with recorded configurations outside them is refused.
-
-    Returns:
-        `(workdir: pathlib.Path, resumed: bool)`.
-    """
-    import pathlib
-
-    experiment = type(config).experiment
-    settings = config.fixed_settings()
-    if config.run_name is not None:
-        path = pathlib.Path(config.workdir_root) / experiment / config.run_name
-        if path.exists():
-            axes = {k: getattr(config, k) for k in type(config).sweep_axes}
-            resumed = prepare_sweep_dir(
-                str(path), experiment, settings, config_ids, axes
-            )
-            return path, resumed
-    workdir = _runner.new_run_dir(experiment, config.run_name, config.workdir_root)
-    prepare_sweep_dir(str(workdir), experiment, settings)
-    return workdir, False
-
-
-def run_sweep_main(
-    train_and_evaluate, config_cls, argv=None, description=None, configurations=None
-):
-    """`runner.run_main` for sweeps: same flags, errors and run dir, plus
-    resume (see the module doc).
-
-    `train_and_evaluate(config, workdir)` builds the configurations and
-    calls `run_sweep(workdir, ...)`; finished configurations are skipped
-    there. `config.json` is (re)written at every start.
-
-    `configurations` (optional): `fn(config) -> [(config_id, params)]`, the
-    experiment's configurations. With it, a resumed dir that has recorded
-    configurations outside them is refused (exit 2) before anything in it
-    changes, rather than by `run_sweep` after config.json was rewritten.
-
-    Returns:
-        `(workdir, results)`.
-    """
+def run_sweep_main(train_and_evaluate, config_cls, argv=None, configurations=None):
+    """`common.run_main` for sweeps: the same flags and errors, and resuming
+    (see the module doc). `configurations(config) -> [(id, params)]` lets a
+    rerun that leaves out recorded ones be refused before anything changes.
+    Returns `(workdir, results)`."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    module = getattr(train_and_evaluate, "__module__", "") or ""
-    if module == "__main__":
-        spec = getattr(sys.modules["__main__"], "__spec__", None)
-        module = spec.name if spec is not None else ""
-    prog = f"python -m {module}" if module.startswith("experiments.") else None
     try:
-        config = _runner.parse_config(config_cls, argv, description, prog)
+        config = common.parse_config(config_cls, argv, prog=common.prog_name(train_and_evaluate))
         config.validate()
-        config_ids = None
-        if configurations is not None:
-            config_ids = [cid for cid, _ in configurations(config)]
-        workdir, resumed = open_run_dir(config, config_ids)
-        _runner.save_config(workdir, config)
+        ids = [cid for cid, _ in configurations(config)] if configurations else None
+        path = pathlib.Path(config.workdir_root) / config.experiment / str(config.run_name)
+        axes = {k: getattr(config, k) for k in config.sweep_axes}
+        if config.run_name is None or not path.exists():
+            path = common.new_run_dir(config.experiment, config.run_name, config.workdir_root)
+        resumed = prepare_sweep_dir(str(path), config.experiment, config.fixed_settings(),
+                                    ids, axes)
+        common.write_json(path / common.CONFIG_FILE, dataclasses.asdict(config))
     except (ValueError, FileNotFoundError) as err:
-        _fail(err)
-    verb = "Resuming sweep in" if resumed else "Run directory:"
-    print(f"{verb} {workdir}", flush=True)
+        common.fail(err)
+    print(f"{'Resuming sweep in' if resumed else 'Run directory:'} {path}", flush=True)
     try:
-        results = train_and_evaluate(config, workdir)
-    except (_runner.DataError, FileNotFoundError) as err:
-        _fail(err)
-    print(f"\nResults and plots: {workdir}/")
-    print(f"  results:     {workdir / _runner.RESULTS_FILE} (table: {workdir / 'results.md'})")
-    print(f"  plots:       {workdir / _runner.PLOTS_DIR}/")
-    print(f"  TensorBoard: tensorboard --logdir {workdir}  (HParams tab: the sweep)")
-    return workdir, results
+        results = train_and_evaluate(config, path)
+    except (common.DataError, FileNotFoundError) as err:
+        common.fail(err)
+    print(f"\nResults and plots: {path}/\n  results:     {path / common.RESULTS_FILE} "
+          f"(table: {path / 'results.md'})\n  plots:       {path / common.PLOTS_DIR}/\n"
+          f"  TensorBoard: tensorboard --logdir {path}  (HParams tab: the sweep)")
+    return path, results
+
+
+def fmt(value, digits=3):
+    """A number for the report tables ("–" for a missing or NaN one)."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}" if abs(value) < 1e4 else f"{value:.2e}"
+    return str(value)
+
+
+def rows_of(records):
+    """One flat table row per record: id, params, status, metrics."""
+    return [{"config_id": r["config_id"], **r["params"], "status": r["status"],
+             "diverged_step": r.get("diverged_step"), "error": r.get("error"),
+             "wall_s": r.get("wall_s"), **(r.get("metrics") or {})} for r in records]
+
+
+def status_text(row):
+    """`ok`, `diverged@<step>` or `crashed: <error>` for the report tables."""
+    if row["status"] == "diverged":
+        return f"diverged@{row['diverged_step']}"
+    return row["status"] + (f": {row.get('error')}" if row["status"] == "crashed" else "")
+

@@ -18,6 +18,8 @@ import math
 
 import numpy as np
 
+from experiments.common import check_int
+
 ADDING_BASELINE_MSE = 1.0 / 6.0
 """MSE of the best input-independent prediction for the adding problem.
 
@@ -44,28 +46,8 @@ COPY_MEMORY_VOCAB_SIZE = COPY_MEMORY_N_SYMBOLS + 2
 In general it is `n_symbols + 2`."""
 
 
-def _check_int(name, value, minimum, hint=""):
-    """Returns `value` as int if it is an integer >= minimum, else raises."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, np.integer))
-        or value < minimum
-    ):
-        raise ValueError(
-            f"Received: {name}={value!r}. Expected an integer >= {minimum}"
-            f"{hint}."
-        )
-    return int(value)
-
-
 def _check_seed(seed):
-    if seed is not None and (
-        isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0
-    ):
-        raise ValueError(
-            f"Received: seed={seed!r}. Expected a non-negative integer or None."
-        )
-    return seed
+    return None if seed is None else check_int("seed", seed, minimum=0)
 
 
 def adding_problem(n, T, seed=None):
@@ -88,8 +70,8 @@ def adding_problem(n, T, seed=None):
         computed in float32 from the stored values, so it equals
         `(x[..., 0] * x[..., 1]).sum(axis=1, keepdims=True)` exactly.
     """
-    n = _check_int("n", n, 1)
-    T = _check_int("T", T, 2, " (the sequence needs two halves)")
+    n = check_int("n", n)
+    T = check_int("T", T, minimum=2)
     rng = np.random.default_rng(_check_seed(seed))
     values = rng.uniform(0.0, 1.0, size=(n, T)).astype(np.float32)
     half = T // 2
@@ -105,12 +87,9 @@ def adding_problem(n, T, seed=None):
 
 
 def _check_copy_args(T, n_symbols, copy_len):
-    T = _check_int("T", T, 1, " (the delay between the data and the delimiter)")
-    n_symbols = _check_int(
-        "n_symbols", n_symbols, 2, " (with one symbol there is nothing to copy)"
-    )
-    copy_len = _check_int("copy_len", copy_len, 1)
-    return T, n_symbols, copy_len
+    # T: the delay; with one symbol there would be nothing to copy.
+    return check_int("T", T), check_int("n_symbols", n_symbols, minimum=2), check_int(
+        "copy_len", copy_len)
 
 
 def copy_memory(n, T, seed=None, n_symbols=8, copy_len=10):
@@ -140,7 +119,7 @@ def copy_memory(n, T, seed=None, n_symbols=8, copy_len=10):
     Returns:
         `(x, y)`: int32 arrays of shape `(n, T + 2 * copy_len)`.
     """
-    n = _check_int("n", n, 1)
+    n = check_int("n", n)
     T, n_symbols, copy_len = _check_copy_args(T, n_symbols, copy_len)
     rng = np.random.default_rng(_check_seed(seed))
     length = T + 2 * copy_len

@@ -1,4 +1,4 @@
-"""Tests for experiments/runner.py: config flags, run dirs, errors, outputs."""
+"""Tests for experiments/common.py: config flags, run dirs, errors, outputs."""
 
 import dataclasses
 import json
@@ -9,29 +9,29 @@ from typing import ClassVar, Optional
 import numpy as np
 import pytest
 
-from experiments import runner
+from experiments import common
 from experiments.data import DataError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 @dataclasses.dataclass
-class ToyConfig(runner.BaseConfig):
+class ToyConfig(common.BaseConfig):
     """A toy experiment."""
 
     experiment: ClassVar[str] = "toy"
 
     # Units of the toy layer.
-    hidden: int = runner.option(16, "Units of the toy layer.")
-    rate: float = runner.option(0.5, "A fraction.")
-    name: str = runner.option("abc", "A name.", choices=("abc", "xyz"))
-    path: Optional[str] = runner.option(None, "An optional path.")
-    shuffle: bool = runner.option(True, "Shuffle the toy data.")
+    hidden: int = common.option(16, "Units of the toy layer.")
+    rate: float = common.option(0.5, "A fraction.")
+    name: str = common.option("abc", "A name.", choices=("abc", "xyz"))
+    path: Optional[str] = common.option(None, "An optional path.")
+    shuffle: bool = common.option(True, "Shuffle the toy data.")
 
     def validate(self):
         super().validate()
-        runner.check_positive_int("hidden", self.hidden, example=16)
-        runner.check_fraction("rate", self.rate)
+        common.check_int("hidden", self.hidden, example=16)
+        common.check_number("rate", self.rate, high=1)
 
 
 # ---------------------------------------------------------------------------
@@ -40,10 +40,10 @@ class ToyConfig(runner.BaseConfig):
 
 
 def test_parse_config_defaults_and_overrides():
-    config = runner.parse_config(ToyConfig, [])
+    config = common.parse_config(ToyConfig, [])
     assert config == ToyConfig()
     assert config.run_name is None and config.workdir_root == "runs"
-    config = runner.parse_config(
+    config = common.parse_config(
         ToyConfig,
         ["--hidden", "7", "--rate", "0.25", "--name", "xyz", "--path", "a.txt",
          "--no-shuffle", "--seed", "3", "--run_name", "r1", "--workdir_root", "w"],
@@ -52,12 +52,12 @@ def test_parse_config_defaults_and_overrides():
         7, 0.25, "xyz", "a.txt")
     assert config.shuffle is False
     assert (config.seed, config.run_name, config.workdir_root) == (3, "r1", "w")
-    assert runner.parse_config(ToyConfig, ["--shuffle"]).shuffle is True
+    assert common.parse_config(ToyConfig, ["--shuffle"]).shuffle is True
 
 
 def test_help_lists_every_field_with_default_and_help(capsys):
     with pytest.raises(SystemExit) as excinfo:
-        runner.parse_config(ToyConfig, ["--help"], prog="toy")
+        common.parse_config(ToyConfig, ["--help"], prog="toy")
     assert excinfo.value.code == 0
     out = capsys.readouterr().out
     for field in dataclasses.fields(ToyConfig):
@@ -79,7 +79,7 @@ def test_help_lists_every_field_with_default_and_help(capsys):
 )
 def test_bad_command_line_is_one_error_line(capsys, argv, fragment):
     with pytest.raises(SystemExit) as excinfo:
-        runner.parse_config(ToyConfig, argv, prog="toy")
+        common.parse_config(ToyConfig, argv, prog="toy")
     assert excinfo.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: "), err
@@ -109,17 +109,25 @@ def test_validate_messages(changes, message):
     assert "\n" not in str(excinfo.value)
 
 
-def test_check_helpers_accept_good_values():
-    assert runner.check_positive_int("n", np.int64(3)) == 3
-    assert runner.check_positive("lr", 1e-3) == 1e-3
-    assert runner.check_non_negative("clip", 0) == 0
-    assert runner.check_fraction("f", 0.1) == 0.1
-    for bad in (True, 1.5, "3", None):
-        with pytest.raises(ValueError):
-            runner.check_positive_int("n", bad)
-    for bad in (0.0, -1.0, math.inf, math.nan):
-        with pytest.raises(ValueError):
-            runner.check_positive("lr", bad)
+def test_check_helpers_accept_good_values_only():
+    assert common.check_int("n", np.int64(3)) == 3
+    assert common.check_int("n", 0, minimum=0) == 0
+    assert common.check_int("n", -4, minimum=None) == -4
+    assert common.check_number("lr", 1e-3) == 1e-3
+    assert common.check_number("clip", 0, low_ok=True) == 0
+    assert common.check_number("f", 0.1, high=1) == 0.1
+    for bad in (True, 1.5, "3", None, 0):
+        with pytest.raises(ValueError, match="Expected a positive integer"):
+            common.check_int("n", bad)
+    with pytest.raises(ValueError, match=r"n=1\. Expected an integer >= 2 \(e\.g\. --n 5\)"):
+        common.check_int("n", 1, minimum=2, example=5)
+    for bad in (0.0, -1.0, math.inf, math.nan, True, "1"):
+        with pytest.raises(ValueError, match="Expected a finite number > 0"):
+            common.check_number("lr", bad)
+    with pytest.raises(ValueError, match=r"Expected a finite number >= 0 \(0: off\)"):
+        common.check_number("clip", -1, low_ok=True, note="0: off")
+    with pytest.raises(ValueError, match="strictly between 0 and 1"):
+        common.check_number("f", 1.0, high=1)
 
 
 # ---------------------------------------------------------------------------
@@ -128,28 +136,28 @@ def test_check_helpers_accept_good_values():
 
 
 def test_new_run_dir_default_name_and_suffixes(tmp_path, monkeypatch):
-    first = runner.new_run_dir("toy", root=tmp_path)
+    first = common.new_run_dir("toy", root=tmp_path)
     assert first.parent == tmp_path / "toy" and first.is_dir()
     assert re.fullmatch(r"\d{8}-\d{6}(-\d+)?", first.name)
-    monkeypatch.setattr(runner, "timestamp", lambda: "20261128-061500")
-    dirs = [runner.new_run_dir("toy", root=tmp_path) for _ in range(3)]
+    monkeypatch.setattr(common, "timestamp", lambda: "20261128-061500")
+    dirs = [common.new_run_dir("toy", root=tmp_path) for _ in range(3)]
     assert [d.name for d in dirs] == [
         "20261128-061500", "20261128-061500-2", "20261128-061500-3"]
     assert all(d.is_dir() and not any(d.iterdir()) for d in dirs)
 
 
 def test_new_run_dir_never_overwrites_an_explicit_name(tmp_path):
-    path = runner.new_run_dir("toy", "mine", root=tmp_path)
+    path = common.new_run_dir("toy", "mine", root=tmp_path)
     (path / "keep.txt").write_text("precious")
     with pytest.raises(ValueError, match="run_name='mine', but .* already exists"):
-        runner.new_run_dir("toy", "mine", root=tmp_path)
+        common.new_run_dir("toy", "mine", root=tmp_path)
     assert (path / "keep.txt").read_text() == "precious"
 
 
 def test_new_run_dir_rejects_a_file_in_the_way(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(ValueError, match="workdir_root="):
-        runner.new_run_dir("toy", root=tmp_path / "file")
+        common.new_run_dir("toy", root=tmp_path / "file")
 
 
 # ---------------------------------------------------------------------------
@@ -158,18 +166,18 @@ def test_new_run_dir_rejects_a_file_in_the_way(tmp_path):
 
 
 def _toy_train(config, workdir):
-    runner.save_results(workdir, {"hidden": config.hidden})
+    common.save_results(workdir, {"hidden": config.hidden})
     return {"hidden": config.hidden}
 
 
 def test_run_main_creates_run_dir_and_prints_tensorboard(tmp_path, capsys):
     argv = ["--workdir_root", str(tmp_path), "--hidden", "5", "--run_name", "a"]
-    workdir, results = runner.run_main(_toy_train, ToyConfig, argv)
+    workdir, results = common.run_main(_toy_train, ToyConfig, argv)
     assert workdir == tmp_path / "toy" / "a"
     assert results == {"hidden": 5}
-    config = runner.load_config(ToyConfig, workdir / "config.json")
+    config = common.load_config(ToyConfig, workdir / "config.json")
     assert config == ToyConfig(hidden=5, run_name="a", workdir_root=str(tmp_path))
-    assert runner.load_config(ToyConfig, workdir) == config  # a run dir works too
+    assert common.load_config(ToyConfig, workdir) == config  # a run dir works too
     assert json.loads((workdir / "results.json").read_text()) == {"hidden": 5}
     out = capsys.readouterr().out
     assert f"tensorboard --logdir {workdir / 'logs'}" in out
@@ -178,8 +186,8 @@ def test_run_main_creates_run_dir_and_prints_tensorboard(tmp_path, capsys):
 
 def test_run_main_second_run_gets_its_own_dir(tmp_path):
     argv = ["--workdir_root", str(tmp_path), "--verbose", "0"]
-    first, _ = runner.run_main(_toy_train, ToyConfig, argv)
-    second, _ = runner.run_main(_toy_train, ToyConfig, argv)
+    first, _ = common.run_main(_toy_train, ToyConfig, argv)
+    second, _ = common.run_main(_toy_train, ToyConfig, argv)
     assert first != second and first.is_dir() and second.is_dir()
 
 
@@ -193,7 +201,7 @@ def test_run_main_second_run_gets_its_own_dir(tmp_path):
 def test_run_main_config_errors_exit_2(tmp_path, capsys, argv, fragment):
     (tmp_path / "toy" / "taken").mkdir(parents=True)
     with pytest.raises(SystemExit) as excinfo:
-        runner.run_main(_toy_train, ToyConfig, ["--workdir_root", str(tmp_path)] + argv)
+        common.run_main(_toy_train, ToyConfig, ["--workdir_root", str(tmp_path)] + argv)
     assert excinfo.value.code == 2
     captured = capsys.readouterr()
     assert captured.err.startswith("error: ") and captured.err.count("\n") == 1
@@ -209,7 +217,7 @@ def test_run_main_data_error_exits_2_and_removes_the_empty_run(
         raise error("Received: bad data.\nExpected good data.")
 
     with pytest.raises(SystemExit) as excinfo:
-        runner.run_main(failing, ToyConfig, ["--workdir_root", str(tmp_path)])
+        common.run_main(failing, ToyConfig, ["--workdir_root", str(tmp_path)])
     assert excinfo.value.code == 2
     err = capsys.readouterr().err
     assert err == "error: Received: bad data. Expected good data.\n"
@@ -224,7 +232,7 @@ def test_run_main_keeps_a_run_that_wrote_something(tmp_path):
         raise DataError("late")
 
     with pytest.raises(SystemExit):
-        runner.run_main(failing, ToyConfig, ["--workdir_root", str(tmp_path)])
+        common.run_main(failing, ToyConfig, ["--workdir_root", str(tmp_path)])
     (run,) = (tmp_path / "toy").iterdir()
     assert (run / "config.json").exists()
 
@@ -234,13 +242,13 @@ def test_run_main_lets_other_errors_propagate(tmp_path):
         raise ValueError("a bug, not bad input")
 
     with pytest.raises(ValueError, match="a bug"):
-        runner.run_main(buggy, ToyConfig, ["--workdir_root", str(tmp_path)])
+        common.run_main(buggy, ToyConfig, ["--workdir_root", str(tmp_path)])
 
     def crashing(config, workdir):
         raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError, match="boom"):
-        runner.run_main(crashing, ToyConfig, ["--workdir_root", str(tmp_path)])
+        common.run_main(crashing, ToyConfig, ["--workdir_root", str(tmp_path)])
 
 
 # ---------------------------------------------------------------------------
@@ -249,7 +257,7 @@ def test_run_main_lets_other_errors_propagate(tmp_path):
 
 
 def test_save_results_converts_numpy_and_non_finite(tmp_path):
-    path = runner.save_results(
+    path = common.save_results(
         tmp_path,
         {"a": np.float32(1.5), "b": np.int64(2), "c": np.arange(3),
          "d": float("nan"), "e": [np.inf, 1.0], "f": tmp_path, "g": np.bool_(True)},
@@ -264,21 +272,21 @@ def test_save_results_converts_numpy_and_non_finite(tmp_path):
 def test_load_config_rejects_unknown_settings(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"hidden": 3, "nope": 1}))
     with pytest.raises(ValueError, match="unknown settings \\['nope'\\]"):
-        runner.load_config(ToyConfig, tmp_path)
+        common.load_config(ToyConfig, tmp_path)
 
 
 def test_plot_loss_curves_writes_png(tmp_path):
     history = {"loss": [2.0, 1.5, 1.2], "val_loss": [2.1, 1.7, float("nan")]}
-    png = runner.plot_loss_curves(
+    png = common.plot_loss_curves(
         history, tmp_path / "sub" / "loss.png", scale=0.5, ylabel="bits",
         baselines={"unigram": 1.0, "missing": None},
     )
     assert png.read_bytes()[:8] == PNG_SIGNATURE
-    assert runner.best_epoch(history) == 2
-    assert runner.best_epoch({"loss": [1.0]}) is None
+    assert common.best_epoch(history) == 2
+    assert common.best_epoch({"loss": [1.0]}) is None
 
 
 def test_format_table():
-    lines = runner.format_table([("model", "1.0"), ("baseline", "22.5")], ("", "MSE"))
+    lines = common.format_table([("model", "1.0"), ("baseline", "22.5")], ("", "MSE"))
     assert lines[0].split() == ["MSE"]
     assert lines[2].startswith("model") and lines[3].endswith("22.5")

@@ -43,31 +43,31 @@ def _max_rel(a, b):
 
 
 def test_batch_sizes_under_a_strategy():
-    from experiments import runner
+    from experiments import common
     from experiments.data import DataError
 
     two = types.SimpleNamespace(num_replicas_in_sync=2)
     one = types.SimpleNamespace(num_replicas_in_sync=1)
-    assert runner.check_global_batch(64, two) == 32
+    assert common.check_global_batch(64, two) == 32
     with pytest.raises(DataError, match="batch_size=33 with 2 replicas"):
-        runner.check_global_batch(33, two)
+        common.check_global_batch(33, two)
     # Evaluation: the first batch must split evenly; one replica: unchanged.
-    assert runner.eval_batch_size(47, two, 96) == 46
-    assert runner.eval_batch_size(500, two, 256) == 256
-    assert runner.eval_batch_size(47, one, 96) == 47
+    assert common.eval_batch_size(47, two, 96) == 46
+    assert common.eval_batch_size(500, two, 256) == 256
+    assert common.eval_batch_size(47, one, 96) == 47
     with pytest.raises(DataError, match="1 evaluation samples with 2 replicas"):
-        runner.eval_batch_size(1, two)
+        common.eval_batch_size(1, two)
 
 
 def test_tf_config_parsing():
-    from experiments import runner
+    from experiments import common
 
     cluster = {"worker": ["127.0.0.1:1111", "127.0.0.1:2222"]}
 
     def task(kind, index, spec=cluster):
         env = {"TF_CONFIG": json.dumps(
             {"cluster": spec, "task": {"type": kind, "index": index}})}
-        return runner.multi_worker_task(env)
+        return common.multi_worker_task(env)
 
     assert task("worker", 0) == ("worker", 0, True)
     assert task("worker", 1) == ("worker", 1, False)
@@ -84,7 +84,7 @@ def test_tf_config_parsing():
             "type": "evaluator", "index": 0}})}, "Received: TF_CONFIG="),
     ]:
         with pytest.raises(ValueError, match=fragment):
-            runner.multi_worker_task(env)
+            common.multi_worker_task(env)
 
 
 # ---------------------------------------------------------------------------
@@ -107,15 +107,15 @@ def _mirrored_library_child(out, root):
     import keras
 
     import keras_vrnn
-    from experiments import runner
+    from experiments import common
 
-    mirrored = runner.make_strategy("mirrored")
-    default = runner.make_strategy("default")
+    mirrored = common.make_strategy("mirrored")
+    default = common.make_strategy("default")
     report = {"replicas": mirrored.num_replicas_in_sync}
     rng = np.random.default_rng(0)
     x = rng.standard_normal((32, 7, 3)).astype("float32")
     y = rng.standard_normal((32, 2)).astype("float32")
-    batches = runner.shuffled_batch_indices(32, 16, 0, 0, 6)  # 6 global batches
+    batches = common.shuffled_batch_indices(32, 16, 0, 0, 6)  # 6 global batches
 
     def train(strategy, fused, log_dir):
         # The fused model is trained (and measured) outside strategy.scope(),
@@ -132,7 +132,7 @@ def _mirrored_library_child(out, root):
             log_dir, (x[:8], y[:8]), every_n_batches=2)
         scope = contextlib.nullcontext() if fused else strategy.scope()
         with scope:
-            model.fit(runner.batch_dataset((x, y), batches), epochs=2,
+            model.fit(common.batch_dataset((x, y), batches), epochs=2,
                       steps_per_epoch=3, callbacks=[callback], verbose=0,
                       shuffle=False)
         with np.load(os.path.join(log_dir, "gradient_norms.npz")) as npz:
@@ -153,9 +153,9 @@ def _mirrored_library_child(out, root):
             model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
             optimizer = keras.optimizers.SGD(0.1, global_clipnorm=0.01)
             if fix:
-                runner.clip_global_gradient(optimizer)
+                common.clip_global_gradient(optimizer)
             model.compile(optimizer=optimizer, loss="mse")
-        data = runner.batch_dataset((x[:, 0], y), batches[:1])
+        data = common.batch_dataset((x[:, 0], y), batches[:1])
         model.fit(data, epochs=1, steps_per_epoch=1, verbose=0, shuffle=False)
         return [np.asarray(w).tolist() for w in model.weights]
 
@@ -171,14 +171,14 @@ def _mirrored_library_child(out, root):
 def _mirrored_experiment_child(out, root):
     """The timeseries experiment with --strategy mirrored and default."""
     _two_logical_cpus()
-    from experiments import runner
+    from experiments import common
     from experiments import timeseries
 
     report = {}
     for strategy in ("mirrored", "default"):
         timeseries.main(TIMESERIES + ["--strategy", strategy, "--workdir_root",
                                       root, "--run_name", strategy])
-        model = runner.load_best_model(os.path.join(root, "timeseries", strategy))
+        model = common.load_best_model(os.path.join(root, "timeseries", strategy))
         report[f"{strategy} weights"] = [np.asarray(w).tolist() for w in model.weights]
     with open(out, "w") as f:
         json.dump(report, f)
@@ -308,6 +308,7 @@ def test_multi_worker_matches_a_single_process(tmp_path):
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, REPO)  # run as a script: the experiments package is here
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     children = {"mirrored-library": _mirrored_library_child,

@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pytest
 
-from experiments import runner
+from experiments import common
 from experiments import timeseries
 
 TINY = ["--window", "6", "--hidden", "4", "--grad_every_n_batches", "5",
@@ -46,7 +46,7 @@ def test_exploding_run_stops_cleanly_with_status_diverged(tmp_path):
     err = err.getvalue()
 
     # 1. Exit status 3 and one "diverged: ..." line, no traceback.
-    assert excinfo.value.code == runner.DIVERGED_EXIT_CODE == 3
+    assert excinfo.value.code == common.DIVERGED_EXIT_CODE == 3
     lines = [line for line in err.splitlines() if line.startswith("diverged: ")]
     assert len(lines) == 1, err
     assert "non-finite loss" in lines[0] and str(workdir) in lines[0]
@@ -68,9 +68,9 @@ def test_exploding_run_stops_cleanly_with_status_diverged(tmp_path):
     assert "test" not in results  # a diverged model is not evaluated
 
     # 3. The logs, the last good checkpoint and backup are kept, finite.
-    model = runner.load_best_model(workdir)
+    model = common.load_best_model(workdir)
     assert all(np.isfinite(np.asarray(w)).all() for w in model.weights)
-    assert runner.read_backup(workdir)["epoch"] == where["epoch"]
+    assert common.read_backup(workdir)["epoch"] == where["epoch"]
     for sub in ("train", "validation"):
         assert list((workdir / "logs" / sub).glob("events.out.tfevents.*")), sub
     with np.load(workdir / "logs" / "gradient_norms.npz") as npz:
@@ -108,10 +108,12 @@ def test_monitor_catches_a_nan_gradient_with_a_finite_loss():
         optimizer="sgd",
         loss=lambda y, p: keras.ops.mean(keras.ops.sqrt(keras.ops.abs(p - p))),
     )
-    monitor = runner.DivergenceMonitor()
+    from experiments.callbacks import DivergenceMonitor
+
+    monitor = DivergenceMonitor()
     x = np.ones((8, 3), "float32")
     model.fit(x, x[:, :2], batch_size=4, epochs=2, callbacks=[monitor], verbose=0)
     assert monitor.diverged == {
         "step": 0, "epoch": 0, "batch": 0, "cause": "gradients", "loss": 0.0}
     assert int(model.optimizer.iterations) == 1  # stopped after that batch
-    assert runner.divergence([monitor]) == monitor.diverged
+    assert monitor.steps_done == 1

@@ -23,7 +23,7 @@ def test_linear_rnn_factor_matches_spectral_radius(gain):
     # only: ||dL/dh_t|| = gain^(T-1-t) ||dL/dh_{T-1}|| exactly.
     s = _settings()
     x, y = dynamics.make_task(8, 40, seed=1)
-    model = dynamics.get_model("linear", 40, s)
+    model = dynamics.get_model("linear", 40, s["units"], s["learning_rate"], s["clipnorm"])
     dynamics.initialize(model, gain, seed=0, learning_rate=1e-3)
     metrics, profiles = dynamics.measure(model, x, y, "linear")
     assert metrics["spectral_radius"] == pytest.approx(gain, rel=1e-6)
@@ -68,13 +68,14 @@ def test_reused_model_gives_the_same_results(tmp_path):
     # a configuration is in the state of a freshly built one.
     s = _settings(train_steps=4, steps_per_epoch=2, grad_every_n_batches=100)
     params = {"activation": "tanh", "gain": 1.25, "T": 12}
-    dynamics._MODEL_CACHE.clear()
+    dynamics.get_model.cache_clear()
     os.makedirs(tmp_path / "a")
     fresh = dynamics.run_config(params, str(tmp_path / "a"), s)
     # The cached model now holds trained weights and Adam moments.
-    assert len(dynamics._MODEL_CACHE) == 1
+    assert dynamics.get_model.cache_info().currsize == 1
     os.makedirs(tmp_path / "b")
     reused = dynamics.run_config(params, str(tmp_path / "b"), s)
+    assert dynamics.get_model.cache_info().hits >= 1
     for key in ("init_factor", "trained_factor", "final_train_loss", "trained_spectral_radius"):
         assert reused[key] == pytest.approx(fresh[key], rel=1e-5), key
 

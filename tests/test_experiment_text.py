@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from experiments import runner
+from experiments import common
 from experiments import text
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -60,7 +60,7 @@ def test_results_json(shakespeare_run):
 
 def test_config_round_trip(shakespeare_run):
     root, workdir, _ = shakespeare_run
-    config = runner.load_config(text.Config, workdir)
+    config = common.load_config(text.Config, workdir)
     assert config == text.Config(
         seq_len=12, hidden=8, embed_dim=4, batch_size=8, epochs=2,
         steps_per_epoch=3, sample_length=12, grad_every_n_batches=1000, verbose=0,
@@ -71,7 +71,7 @@ def test_config_round_trip(shakespeare_run):
 
 def test_checkpoint_loads_predicts_and_samples_reproducibly(shakespeare_run):
     _, workdir, results = shakespeare_run
-    model = runner.load_best_model(workdir)
+    model = common.load_best_model(workdir)
     vocab_size = results["data"]["vocab_size"]
     logits = np.asarray(model.predict(np.zeros((2, 5), "int32"), verbose=0))
     assert logits.shape == (2, 5, vocab_size)

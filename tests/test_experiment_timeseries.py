@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from experiments import data
-from experiments import runner
+from experiments import common
 from experiments import timeseries
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -77,7 +77,7 @@ def test_seeded_runs_are_reproducible_and_never_overwrite(sunspots_runs):
 
 def test_config_round_trip(sunspots_runs):
     root, (workdir, _), _ = sunspots_runs
-    config = runner.load_config(timeseries.Config, workdir / "config.json")
+    config = common.load_config(timeseries.Config, workdir / "config.json")
     assert config == timeseries.Config(
         window=6, hidden=4, batch_size=64, epochs=2, grad_every_n_batches=1000,
         verbose=0, workdir_root=str(root),
@@ -86,7 +86,7 @@ def test_config_round_trip(sunspots_runs):
 
 def test_checkpoint_loads(sunspots_runs):
     _, (workdir, _), _ = sunspots_runs
-    model = runner.load_best_model(workdir)
+    model = common.load_best_model(workdir)
     out = np.asarray(model.predict(np.zeros((3, 6, 1), "float32"), verbose=0))
     assert out.shape == (3, 1)
     scaler = data.Standardizer.from_json((workdir / "scaler.json").read_text())

@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 
-from experiments import runner
+from experiments import common
 from experiments import timeseries
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -39,7 +39,7 @@ def _comparable(results):
 
 
 def _backup_epoch(workdir):
-    meta = runner.read_backup(workdir)
+    meta = common.read_backup(workdir)
     return meta["epoch"] if meta else 0
 
 
@@ -47,10 +47,10 @@ def _backup_epoch(workdir):
 def test_batch_order_depends_only_on_the_batch_number(whole_passes):
     """What makes a resumed run see the batches of an uninterrupted one."""
     n, size = 23, 5
-    stream = runner.shuffled_batch_indices(n, size, 7, 0, 20, whole_passes)
+    stream = common.shuffled_batch_indices(n, size, 7, 0, 20, whole_passes)
     assert stream.shape == (20, size)
     for first in (1, 4, 9, 13):
-        later = runner.shuffled_batch_indices(n, size, 7, first, 20 - first,
+        later = common.shuffled_batch_indices(n, size, 7, first, 20 - first,
                                               whole_passes)
         np.testing.assert_array_equal(later, stream[first:])
     if whole_passes:  # 4 whole batches per pass, no row twice in a pass
@@ -61,7 +61,7 @@ def test_batch_order_depends_only_on_the_batch_number(whole_passes):
         flat = stream.ravel()
         for p in range(4):
             assert sorted(flat[n * p : n * (p + 1)].tolist()) == list(range(n))
-    other = runner.shuffled_batch_indices(n, size, 8, 0, 20, whole_passes)
+    other = common.shuffled_batch_indices(n, size, 8, 0, 20, whole_passes)
     assert not np.array_equal(other, stream)  # the seed matters
 
 
@@ -94,7 +94,7 @@ def test_killed_run_resumes_to_the_results_of_an_uninterrupted_run(tmp_path, cap
     """One scenario (its runs are the expensive part): kill, resume, compare."""
     root = tmp_path
     workdir = root / "timeseries" / "resumed"
-    env = dict(os.environ, **{runner.TEST_BATCH_SLEEP_ENV: "0.2"})
+    env = dict(os.environ, **{common.TEST_BATCH_SLEEP_ENV: "0.2"})
     victim = subprocess.Popen(
         _command(root, "resumed"), cwd=REPO, env=env,
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,

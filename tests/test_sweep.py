@@ -1,10 +1,13 @@
-"""Tests for experiments/sweep.py: crash/diverge recording, resume, workers,
-HParams events. The configuration function here is pure NumPy so the engine
-is tested in seconds (spawn workers do not import TensorFlow for it)."""
+"""Tests for experiments/sweep.py: crash/diverge recording, resume, dask
+workers (a LocalCluster, and a scheduler and workers started as separate
+processes), HParams events. The configuration function here is pure NumPy,
+so the engine is tested in seconds (the workers never import TensorFlow)."""
 
-import io
 import json
 import os
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -129,30 +132,80 @@ def test_leaving_out_recorded_configs_is_refused(tmp_path):
     assert [r["config_id"] for r in records] == ["s0.5", "s1", "s2", "s8"]
 
 
-def test_workers_2_matches_workers_1(tmp_path):
-    configs = _configs(scales=(0.5, 1.0, 2.0, 500.0), crash=True)
-    d1, _ = _prepare(tmp_path, "w1")
-    d2, _ = _prepare(tmp_path, "w2")
-    r1 = sweep.run_sweep(d1, configs, toy_fn, workers=1, progress=False)
-    r2 = sweep.run_sweep(d2, configs, toy_fn, workers=2, threads=1, progress=False)
-    strip = lambda rs: [  # noqa: E731
-        {k: v for k, v in r.items() if k != "wall_s"} for r in rs
-    ]
-    assert strip(r1) == strip(r2)
+def _strip(records):
+    return [{k: v for k, v in r.items() if k != "wall_s"} for r in records]
+
+
+def _assert_same_sweeps(d1, r1, d2, r2):
+    assert _strip(r1) == _strip(r2)
     np.testing.assert_array_equal(
         np.load(os.path.join(d1, "configs", "s2", "norms.npy")),
         np.load(os.path.join(d2, "configs", "s2", "norms.npy")),
     )
 
 
-def test_progress_line(tmp_path):
-    stream = io.StringIO()
-    bar = sweep.Progress(2, label="toy", stream=stream)
-    bar.update({"config_id": "a", "status": "ok", "wall_s": 1.0})
-    bar.update({"config_id": "b", "status": "crashed", "wall_s": 0.5})
-    lines = stream.getvalue().splitlines()
-    assert lines[0].startswith("toy [1/2] ok 1 diverged 0 crashed 0 skipped 0")
-    assert "b: crashed in 0.5s" in lines[1]
+def test_local_dask_cluster_matches_in_process(tmp_path, capsys):
+    configs = _configs(scales=(0.5, 1.0, 2.0, 500.0), crash=True)
+    d1, _ = _prepare(tmp_path, "w1")
+    d2, _ = _prepare(tmp_path, "w2")
+    r1 = sweep.run_sweep(d1, configs, toy_fn, workers=1, label="toy")
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("toy [1/4] s0.5: ok in ") and "[2/4] s1: crashed" in lines[1]
+    r2 = sweep.run_sweep(d2, configs, toy_fn, workers=2, threads=1, progress=False)
+    _assert_same_sweeps(d1, r1, d2, r2)
+    # Resumed on the cluster: nothing finished runs again, the crash reruns.
+    calls = _calls(d2)
+    again = sweep.run_sweep(d2, configs, toy_fn, workers=2, progress=False)
+    assert [r["skipped"] for r in again] == [True, False, True, True]
+    assert sorted(_calls(d2)) == sorted(calls + ["s1"])
+
+
+def test_sweep_on_a_separately_started_dask_cluster(tmp_path):
+    """A scheduler and two workers, each its own process on 127.0.0.1, as
+    `--scheduler tcp://HOST:PORT` finds them; shut down at the end."""
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(  # workers import toy_fn
+        [tests_dir, os.path.dirname(tests_dir), os.environ.get("PYTHONPATH", "")]))
+    scheduler_file = tmp_path / "scheduler.json"
+    dask = [sys.executable, "-m", "distributed.cli"]
+    procs = [subprocess.Popen(
+        dask[:2] + ["distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", "0",
+                    "--no-dashboard", "--scheduler-file", str(scheduler_file)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        deadline = time.monotonic() + 60
+        while not scheduler_file.exists():
+            assert time.monotonic() < deadline and procs[0].poll() is None, "no scheduler"
+            time.sleep(0.2)
+        address = json.loads(scheduler_file.read_text())["address"]
+        assert address.startswith("tcp://127.0.0.1:")
+        for _ in range(2):
+            procs.append(subprocess.Popen(
+                dask[:2] + ["distributed.cli.dask_worker", address, "--nworkers", "1",
+                            "--nthreads", "1", "--host", "127.0.0.1", "--no-dashboard"],
+                env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        from dask.distributed import Client
+
+        with Client(address, timeout="30s") as client:
+            client.wait_for_workers(2, timeout=60)
+            # Crash and divergence records come back from the workers too.
+            configs = _configs(scales=(0.5, 1.0, 2.0, 500.0), crash=True)
+            d1, _ = _prepare(tmp_path, "here")
+            d2, _ = _prepare(tmp_path, "there")
+            r1 = sweep.run_sweep(d1, configs, toy_fn, progress=False)
+            r2 = sweep.run_sweep(d2, configs, toy_fn, scheduler=address, progress=False)
+            _assert_same_sweeps(d1, r1, d2, r2)
+            assert [r["status"] for r in r2] == ["ok", "crashed", "ok", "diverged"]
+            workers = {w["host"] for w in client.scheduler_info()["workers"].values()}
+            assert workers == {"127.0.0.1"}
+            client.shutdown()  # the scheduler and its workers end
+        for proc in procs:
+            proc.wait(timeout=60)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=30)
 
 
 def test_hparams_events_written(tmp_path):
