@@ -17,7 +17,8 @@ Where it runs: `--workers 1` (the default) in this process; `--workers N`
 on a `dask.distributed.LocalCluster` of N worker processes (one thread each,
 TensorFlow limited to `--threads` threads, default cpu_count // N); or
 `--scheduler tcp://HOST:PORT` on a running dask cluster, whose workers must
-import this package and see the run dir at the same (absolute) path. The
+import `experiments` and `keras_vrnn` (start them in the repository root or
+with it on PYTHONPATH) and see the run dir at the same absolute path. The
 results do not depend on where: every configuration seeds itself.
 
 Run dir `runs/<experiment>/<run_name>/`: sweep.json (experiment and fixed
