@@ -298,6 +298,17 @@ class TrainingConfig(BaseConfig):
                     "they agree on the run directory.")
 
 
+_EPILOG = """\
+exit status: 0 finished; 2 bad settings or data (one line "error: ...", nothing
+  overwritten); 3 training diverged (NaN/inf loss or gradients): stopped at once,
+  results.json has "status": "diverged" and the step; logs, the best checkpoint
+  and the last good backup are kept.
+resuming: run the same command (same --run_name) again after an interruption: it
+  continues from the last completed epoch and ends with the results of an
+  uninterrupted run. A finished run is never overwritten.
+"""
+
+
 class _OneLineParser(argparse.ArgumentParser):
     def error(self, message):
         message = re.sub(r"^argument (--\S+?)(/--no-\S+)?: (?=Received:)", "", message)
@@ -321,7 +332,9 @@ def parse_config(config_cls, argv=None, description=None, prog=None):
     """A `config_cls` from the command line (not validated yet); `--help`
     lists every field with its help and default; a bad flag is one line
     `error: ...` and exit 2."""
-    parser = _OneLineParser(prog=prog, description=description or config_cls.__doc__)
+    parser = _OneLineParser(prog=prog, description=description or config_cls.__doc__,
+                            epilog=_EPILOG if issubclass(config_cls, TrainingConfig) else None,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     hints = typing.get_type_hints(config_cls)
     for field in dataclasses.fields(config_cls):
         kind = hints[field.name]
@@ -335,9 +348,10 @@ def parse_config(config_cls, argv=None, description=None, prog=None):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction,
                                 default=field.default, help=help_text)
         else:
-            parser.add_argument(flag, type=_flag_type(kind, field.name),
-                                default=field.default, help=help_text,
-                                choices=field.metadata.get("choices"))
+            choices = field.metadata.get("choices")
+            parser.add_argument(flag, type=_flag_type(kind, field.name), default=field.default,
+                                help=help_text, choices=choices,
+                                metavar=None if choices else kind.__name__.upper())
     return config_cls(**vars(parser.parse_args(argv)))
 
 

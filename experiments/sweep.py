@@ -271,7 +271,12 @@ def _dask_client(workers, threads, scheduler):
     from dask.distributed import Client, LocalCluster
 
     if scheduler:
-        return Client(scheduler, timeout="30s")
+        try:
+            return Client(scheduler, timeout="30s")
+        except (OSError, TimeoutError) as err:
+            raise common.DataError(
+                f"Received: scheduler={scheduler!r} ({_one_line(err)}). Expected the "
+                f"address of a running dask scheduler.") from None
     threads = str(threads or max(1, (os.cpu_count() or 1) // workers))
     env = {"TF_NUM_INTRAOP_THREADS": threads, "TF_NUM_INTEROP_THREADS": threads,
            "OMP_NUM_THREADS": threads, "TF_CPP_MIN_LOG_LEVEL": "2"}
