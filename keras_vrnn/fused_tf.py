@@ -39,7 +39,6 @@ import os
 import tensorflow as tf
 from tensorflow.python.ops import control_flow_util
 
-from keras_vrnn import native
 from keras_vrnn.fused import activation_derivative, project
 
 # The native kernels cut the batch into parts of at least this many rows,
@@ -207,6 +206,10 @@ def _native_library(dtype):
         return None
     if control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()):
         return None
+    # Imported here, not at the top: `python -m keras_vrnn.native` runs that
+    # module as a script, which must not be imported by `import keras_vrnn`.
+    from keras_vrnn import native
+
     return native.library()
 
 
