@@ -1,17 +1,23 @@
-"""What every experiment shares: config and flags, run directory, training.
+"""What every experiment shares: config and flags, checks, run directory.
 
 An experiment is one module with four parts, as in the flax examples:
 
-1. `Config`, a dataclass (subclass of `BaseConfig` or `TrainingConfig`) with
-   one commented field per setting, `option(default, help)`, and a
-   `validate()` that raises `ValueError` with a one-line "Received: ...
-   Expected ..." message (the `check_*` helpers). Every field is a flag
-   `--name value` (booleans `--name` / `--no-name`).
+1. `Config`, a dataclass (subclass of `BaseConfig`, `TrainingConfig` or
+   `sweep.SweepConfig`) with one commented field per setting,
+   `option(default, help)`, and a `validate()` that raises `ValueError` with
+   a one-line "Received: ... Expected ..." message (`check_int`,
+   `check_number`, `check_choice`). Every field is a flag `--name value`
+   (booleans `--name` / `--no-name`).
 2. `build_model(config, ...)`.
 3. `train_and_evaluate(config, workdir) -> dict`: loads the data first
-   (raising `DataError` before any heavy work), imports Keras lazily, trains,
-   writes plots and `results.json` and returns the results.
-4. `main(argv=None)`: `return common.run_main(train_and_evaluate, Config, argv)`.
+   (raising `DataError` before any heavy work), then imports
+   `experiments.training` (Keras and TensorFlow), trains, writes plots and
+   `results.json` and returns the results.
+4. `main(argv=None)`: `return common.run_main(train_and_evaluate, Config, argv)`
+   (`sweep.run_sweep_main` for sweeps).
+
+This module imports neither TensorFlow nor Keras, so that bad flags and data
+are reported without their start-up time.
 
 Run directory `<workdir_root>/<experiment>/<run_name>/` (default name: the UTC
 start time, `-2`, `-3`, ... if taken): config.json, results.json, model.keras
@@ -26,10 +32,10 @@ removed again, with the folders above it that it made); 3 training diverged
 the last good epoch are kept.
 
 Resuming. A `TrainingConfig` run backs itself up at every epoch end
-(`RunBackup`). Started again with the same command and `--run_name` after a
-kill, it continues from its last completed epoch in the same directory and
+(`training.RunBackup`). Started again with the same command and `--run_name`
+after a kill, it continues from its last completed epoch in the same dir and
 ends with the results of an uninterrupted run: the data order is a pure
-function of (seed, batch number) (`shuffled_batch_indices`), and history,
+function of (seed, batch number) (`training.shuffled_batch_indices`), and history,
 gradient-norm files, best-checkpoint threshold and TensorBoard logs continue.
 Only an unfinished run with a backup and the same settings is resumed; a
 finished one is never overwritten. A run dir is locked (`filelock`) while a
@@ -605,180 +611,6 @@ def run_main(train_and_evaluate, config_cls, argv=None):
 # ---------------------------------------------------------------------------
 # Training
 # ---------------------------------------------------------------------------
-
-
-def make_optimizer(name, learning_rate, clipnorm=0.0):
-    """The Keras optimizer `name` with global-norm clipping (0: off) that also
-    clips the global batch's gradient under a tf.distribute strategy."""
-    import keras
-
-    classes = {"adam": keras.optimizers.Adam, "sgd": keras.optimizers.SGD,
-               "rmsprop": keras.optimizers.RMSprop}
-    optimizer = classes[name](learning_rate=learning_rate,
-                              global_clipnorm=clipnorm if clipnorm > 0 else None)
-    return clip_global_gradient(optimizer)
-
-
-def clip_global_gradient(optimizer):
-    """Makes `global_clipnorm` clip the sum of the replicas' gradients.
-
-    Keras 3 clips each replica's share before the shares are summed, so N
-    replicas could step up to N times the clip. Here the norm of the summed
-    gradient is all-reduced first and every share scaled by the same factor
-    (NaN/inf norms give NaN, as Keras' clipping does). One replica or no
-    clipping: Keras' own clipping.
-    """
-    import tensorflow as tf
-
-    keras_clip = optimizer._clip_gradients
-
-    def clip_gradients(grads):
-        clip = optimizer.global_clipnorm
-        context = tf.distribute.get_replica_context()
-        if not clip or context is None or context.num_replicas_in_sync == 1:
-            return keras_clip(grads)
-        dense = [None if g is None else tf.convert_to_tensor(g) for g in grads]
-        total = context.all_reduce(tf.distribute.ReduceOp.SUM,
-                                   [g for g in dense if g is not None])
-        norm = tf.linalg.global_norm(total)
-        scale = clip * tf.minimum(1.0 / norm, 1.0 / clip) + (norm - norm)
-        return [None if g is None else g * tf.cast(scale, g.dtype) for g in dense]
-
-    optimizer._clip_gradients = clip_gradients
-    return optimizer
-
-
-@functools.cache
-def make_strategy(name):
-    """The tf.distribute strategy of `--strategy`; one per name and process
-    (two would hand out the same collective keys). Create it first."""
-    import tensorflow as tf
-
-    if name == "mirrored":
-        devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
-        return tf.distribute.MirroredStrategy([d.name for d in devices])
-    if name != "multi-worker":
-        return tf.distribute.get_strategy()
-    multi_worker_task()
-
-    class MultiWorkerMirroredStrategy(tf.distribute.MultiWorkerMirroredStrategy):
-        """Reduces structures leaf by leaf and scalars across replicas only
-        (`axis=None`): Keras 3's `fit` reduces a whole batch to build the model
-        and scalars with `axis=0`, which the collective reduce rejects."""
-
-        def reduce(self, reduce_op, value, axis):
-            def one(v):
-                local = v.values[0] if hasattr(v, "values") else v
-                scalar = getattr(getattr(local, "shape", None), "rank", None) == 0
-                return super(MultiWorkerMirroredStrategy, self).reduce(
-                    reduce_op, v, None if scalar else axis)
-            return tf.nest.map_structure(one, value)
-
-    return MultiWorkerMirroredStrategy()
-
-
-def check_global_batch(batch_size, strategy):
-    """The per-replica batch; `DataError` unless the global batch splits evenly
-    (Keras averages per replica and sums, so only equal shares are exact)."""
-    replicas = strategy.num_replicas_in_sync
-    if batch_size % replicas:
-        raise DataError(
-            f"Received: batch_size={batch_size} with {replicas} replicas "
-            f"(tf.distribute). Expected a multiple of {replicas}: the batch size "
-            f"is global and is split evenly across the replicas.")
-    return batch_size // replicas
-
-
-def eval_batch_size(n, strategy, preferred=256):
-    """At most `preferred` and `n`, a multiple of the replicas: Keras reduces
-    the first evaluation batch across replicas, which needs equal shares."""
-    replicas = strategy.num_replicas_in_sync
-    size = (min(preferred, n) // replicas) * replicas
-    if size < 1:
-        raise DataError(
-            f"Received: {n} evaluation samples with {replicas} replicas "
-            f"(tf.distribute). Expected at least one sample per replica; use more "
-            f"data or fewer replicas.")
-    return size
-
-
-def shuffled_batch_indices(n, batch_size, seed, first_batch, num_batches,
-                           whole_passes=False):
-    """Rows of training batches `first_batch ...` of one endless stream.
-
-    Pass `p` over the `n` rows is `default_rng([seed, p]).permutation(n)`;
-    with `whole_passes` each pass gives `n // batch_size` batches (its rest
-    left out), otherwise a batch may span two passes. Batch `g` depends only
-    on (n, batch_size, seed, g): a resumed run draws the batches an
-    uninterrupted one would. Returns int64 `(num_batches, batch_size)`.
-    """
-    def permutation(p):
-        return np.random.default_rng([int(seed), int(p)]).permutation(n)
-
-    if num_batches <= 0:
-        return np.zeros((0, batch_size), np.int64)
-    if whole_passes:
-        per_pass = n // batch_size
-        passes = {}
-        rows = []
-        for g in range(first_batch, first_batch + num_batches):
-            p, j = divmod(g, per_pass)
-            perm = passes.setdefault(p, permutation(p))
-            rows.append(perm[j * batch_size:(j + 1) * batch_size])
-        return np.stack(rows).astype(np.int64)
-    start, stop = first_batch * batch_size, (first_batch + num_batches) * batch_size
-    stream = np.concatenate([permutation(p) for p in range(start // n, (stop - 1) // n + 1)])
-    offset = start - (start // n) * n
-    return stream[offset:offset + stop - start].reshape(num_batches, batch_size).astype(np.int64)
-
-
-def batch_dataset(arrays, batch_indices):
-    """A deterministic tf.data dataset of the batches `a[rows]`, sharded by
-    data across workers (each keeps its share of every global batch)."""
-    import tensorflow as tf
-
-    tensors = tuple(tf.constant(a) for a in arrays)
-    batch_indices = np.asarray(batch_indices, np.int64)
-    dataset = (tf.data.Dataset.from_tensor_slices(batch_indices.reshape(-1))
-               .batch(batch_indices.shape[1], drop_remainder=True)
-               .map(lambda rows: tuple(tf.gather(t, rows) for t in tensors))
-               .prefetch(2))
-    options = tf.data.Options()
-    options.deterministic = True
-    options.experimental_distribute.auto_shard_policy = (
-        tf.data.experimental.AutoShardPolicy.DATA)
-    return dataset.with_options(options)
-
-
-def load_initial_weights(model, path):
-    """Sets `model`'s weights from the `.keras` model at `path` (`DataError`
-    if it does not load or has another architecture)."""
-    import keras
-
-    import keras_vrnn  # noqa: F401 (registers VanillaRNN for deserialisation)
-
-    expected = ("a .keras model saved by Keras with this run's architecture (e.g. "
-                "the model.keras of an earlier run with the same settings)")
-    try:
-        source = keras.saving.load_model(os.fspath(path), compile=False)
-    except Exception as err:  # noqa: BLE001 (any failure: a bad user file)
-        reason = " ".join(str(err).split())[:300] or type(err).__name__
-        raise DataError(f"Received: init_from={str(path)!r} (cannot be loaded: "
-                        f"{reason}). Expected {expected}.") from None
-    theirs = [tuple(w.shape) for w in source.weights]
-    ours = [tuple(w.shape) for w in model.weights]
-    if theirs != ours:
-        raise DataError(f"Received: init_from={str(path)!r}, a model with weight "
-                        f"shapes {theirs}. Expected {expected}: weight shapes {ours}.")
-    model.set_weights(source.get_weights())
-
-
-def load_best_model(workdir):
-    import keras
-
-    import keras_vrnn  # noqa: F401 (registers VanillaRNN for deserialisation)
-
-    return keras.saving.load_model(str(pathlib.Path(workdir) / CHECKPOINT_FILE))
 
 
 def load_history(workdir):

@@ -203,6 +203,7 @@ def build_model(units, activation, T, learning_rate, clipnorm):
     import keras
 
     import keras_vrnn
+    from experiments import training
 
     model = keras.Sequential([
         keras.Input((T, 1), name="x"),
@@ -211,7 +212,7 @@ def build_model(units, activation, T, learning_rate, clipnorm):
     ], name=f"rnn_{activation}")
     # jit_compile=False: the fused RNN path is compiled on its own; a whole
     # step XLA compile costs seconds per model and gains nothing here.
-    model.compile(optimizer=common.make_optimizer("adam", learning_rate, clipnorm),
+    model.compile(optimizer=training.make_optimizer("adam", learning_rate, clipnorm),
                   loss="mse", jit_compile=False)
     return model
 
@@ -254,7 +255,7 @@ def get_model(activation, T, units, learning_rate, clipnorm):
 def run_config(params, config_dir, settings):
     """Measures one (gain, activation, T); returns its metrics with status
     "diverged" and the step where inf/NaN appeared."""
-    from experiments import callbacks
+    from experiments import training
 
     s, (gain, activation, T) = settings, (params["gain"], params["activation"], params["T"])
     logging.getLogger("tensorflow").setLevel(logging.ERROR)  # retracing notes
@@ -273,11 +274,11 @@ def run_config(params, config_dir, settings):
         epochs = max(1, s["train_steps"] // spe)
         x, y = make_task(epochs * spe * s["batch_size"], T, s["seed"] + 2, s["input_scale"],
                          s["target_steps"])
-        monitor = callbacks.DivergenceMonitor()
+        monitor = training.DivergenceMonitor()
         history = model.fit(x, y, batch_size=s["batch_size"], epochs=epochs,
                             steps_per_epoch=spe, shuffle=False,
                             validation_data=(x_eval, y_eval), verbose=0,
-                            callbacks=[monitor, *callbacks.logging_callbacks(
+                            callbacks=[monitor, *training.logging_callbacks(
                                 config_dir, (x_eval, y_eval), s["grad_every_n_batches"])]).history
         result["train_steps_done"] = monitor.steps_done
         if monitor.diverged is not None:

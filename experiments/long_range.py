@@ -136,6 +136,7 @@ def build_model(task, T, model_name, settings, seed):
     import keras
 
     import keras_vrnn
+    from experiments import training
 
     glorot = keras.initializers.GlorotUniform
     sequences = task == "copy"
@@ -169,7 +170,7 @@ def build_model(task, T, model_name, settings, seed):
     model = keras.Sequential(layers, name=f"{task}_{model_name}")
     lr = settings["irnn_learning_rate" if model_name == "irnn" else "learning_rate"]
     clip = settings["clipnorm"] if model_name == "rnn_tanh_clip" else 0.0
-    model.compile(optimizer=common.make_optimizer("adam", lr, clip), loss=loss, jit_compile=False)
+    model.compile(optimizer=training.make_optimizer("adam", lr, clip), loss=loss, jit_compile=False)
     return model
 
 
@@ -195,7 +196,7 @@ def run_config(params, config_dir, settings):
     """Trains and evaluates one (task, T, model); see the module doc."""
     import keras
 
-    from experiments import callbacks
+    from experiments import training
     from keras_vrnn import diagnostics
 
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
@@ -211,13 +212,13 @@ def run_config(params, config_dir, settings):
     x_test, y_test = make_data(task, s["test_samples"], T, base + 3, s)
     model = build_model(task, T, model_name, s, s["seed"])
     vanilla = bool(diagnostics.rnn_layers(model))  # the LSTM has no layer to probe
-    monitor = callbacks.DivergenceMonitor()
+    monitor = training.DivergenceMonitor()
     best = keras.callbacks.EarlyStopping(patience=epochs + 1, restore_best_weights=True)
     start = time.perf_counter()
     history = model.fit(
         x_train, y_train, batch_size=s["batch_size"], epochs=epochs, steps_per_epoch=spe,
         shuffle=False, validation_data=(x_val, y_val), validation_batch_size=256, verbose=0,
-        callbacks=[monitor, best, *callbacks.logging_callbacks(
+        callbacks=[monitor, best, *training.logging_callbacks(
             config_dir, (x_val[:s["grad_samples"]], y_val[:s["grad_samples"]]) if vanilla
             else None, s["grad_every_n_batches"])]).history
     result = {"baseline": baseline(task, T, s), "train_steps_done": monitor.steps_done,

@@ -171,7 +171,7 @@ def build_model(config, vocab_size):
     import keras
 
     import keras_vrnn
-    from experiments.callbacks import recurrent_initializer
+    from experiments.training import recurrent_initializer
 
     one_hot = not config.embed_dim
     return keras.Sequential([
@@ -219,14 +219,14 @@ def train_and_evaluate(config, workdir):
     prepared = prepare_data(config)  # DataError here: exit 2, nothing trained
     vocab, baselines, info = prepared["vocab"], prepared["baselines"], prepared["info"]
     (x_train, y_train), (x_val, y_val) = prepared["splits"].values()
-    strategy = common.make_strategy(config.strategy)  # the first TensorFlow work
-    common.check_global_batch(config.batch_size, strategy)
-    val_batch = common.eval_batch_size(len(x_val), strategy)
+    from experiments import training
+
+    strategy = training.make_strategy(config.strategy)  # the first TensorFlow work
+    training.check_global_batch(config.batch_size, strategy)
+    val_batch = training.eval_batch_size(len(x_val), strategy)
     import keras
 
-    from experiments import callbacks
-
-    model = callbacks.build_trained_model(
+    model = training.build_trained_model(
         config, lambda: build_model(config, vocab.size), strategy,
         {"loss": keras.losses.SparseCategoricalCrossentropy(from_logits=True)})
     (workdir / "vocab.json").write_text(vocab.to_json() + "\n", encoding="utf-8")
@@ -238,7 +238,7 @@ def train_and_evaluate(config, workdir):
     rng = np.random.default_rng(config.seed)
     grad_rows = rng.choice(len(x_train), min(config.batch_size, len(x_train)), False)
     eval_rows = np.sort(rng.choice(len(x_train), min(len(x_val), len(x_train)), False))
-    monitor, first_epoch, train_time = callbacks.fit_resumable(
+    monitor, first_epoch, train_time = training.fit_resumable(
         model, workdir, config, (x_train, y_train), (x_val, y_val),
         steps_per_epoch=config.steps_per_epoch, validation_batch_size=val_batch,
         grad_rows=grad_rows)
@@ -257,7 +257,7 @@ def train_and_evaluate(config, workdir):
         model.load_weights(str(workdir / common.CHECKPOINT_FILE))  # the best epoch
         for name, (x, y) in (("validation", (x_val, y_val)),
                              ("train", (x_train[eval_rows], y_train[eval_rows]))):
-            nats = float(model.evaluate(x, y, verbose=0, batch_size=common.eval_batch_size(
+            nats = float(model.evaluate(x, y, verbose=0, batch_size=training.eval_batch_size(
                 len(x), strategy)))
             results[name] = {"loss_nats": nats, "bpc": nats / LN2}
         start = time.perf_counter()

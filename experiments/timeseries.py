@@ -151,7 +151,7 @@ def build_model(config):
     import keras
 
     import keras_vrnn
-    from experiments.callbacks import recurrent_initializer
+    from experiments.training import recurrent_initializer
 
     return keras.Sequential([
         keras.Input((config.window, 1), name="past"),
@@ -190,13 +190,13 @@ def train_and_evaluate(config, workdir):
             f"Received: {len(x_train)} training windows with batch_size="
             f"{config.batch_size}. Expected at least one whole batch; use --batch_size "
             f"{len(x_train)} or less, or a longer series.")
-    strategy = common.make_strategy(config.strategy)  # the first TensorFlow work
-    common.check_global_batch(config.batch_size, strategy)
-    val = splits["validation"]
-    val_batch = common.eval_batch_size(len(val["x"]), strategy, config.batch_size)
-    from experiments import callbacks
+    from experiments import training
 
-    model = callbacks.build_trained_model(config, lambda: build_model(config), strategy,
+    strategy = training.make_strategy(config.strategy)  # the first TensorFlow work
+    training.check_global_batch(config.batch_size, strategy)
+    val = splits["validation"]
+    val_batch = training.eval_batch_size(len(val["x"]), strategy, config.batch_size)
+    model = training.build_trained_model(config, lambda: build_model(config), strategy,
                                           {"loss": "mse", "metrics": ["mae"]})
     (workdir / "scaler.json").write_text(scaler.to_json() + "\n", encoding="utf-8")
     print(f"Series: {meta['name']} ({meta['column']}), {meta['n']} values, modelling its "
@@ -205,7 +205,7 @@ def train_and_evaluate(config, workdir):
           f"horizon {config.horizon}); {strategy.num_replicas_in_sync} replica(s).")
     rng = np.random.default_rng(config.seed)
     grad_rows = rng.choice(len(x_train), min(config.batch_size, len(x_train)), False)
-    monitor, first_epoch, train_time = callbacks.fit_resumable(
+    monitor, first_epoch, train_time = training.fit_resumable(
         model, workdir, config, (x_train, y_train), (val["x"], val["y"]),
         steps_per_epoch=steps_per_epoch, validation_batch_size=val_batch,
         grad_rows=grad_rows, whole_passes=True)

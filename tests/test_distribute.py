@@ -38,25 +38,26 @@ def _max_rel(a, b):
 
 
 # ---------------------------------------------------------------------------
-# The pieces, without TensorFlow
+# The pieces, without a strategy
 # ---------------------------------------------------------------------------
 
 
 def test_batch_sizes_under_a_strategy():
     from experiments import common
+    from experiments import training
     from experiments.data import DataError
 
     two = types.SimpleNamespace(num_replicas_in_sync=2)
     one = types.SimpleNamespace(num_replicas_in_sync=1)
-    assert common.check_global_batch(64, two) == 32
+    assert training.check_global_batch(64, two) == 32
     with pytest.raises(DataError, match="batch_size=33 with 2 replicas"):
-        common.check_global_batch(33, two)
+        training.check_global_batch(33, two)
     # Evaluation: the first batch must split evenly; one replica: unchanged.
-    assert common.eval_batch_size(47, two, 96) == 46
-    assert common.eval_batch_size(500, two, 256) == 256
-    assert common.eval_batch_size(47, one, 96) == 47
+    assert training.eval_batch_size(47, two, 96) == 46
+    assert training.eval_batch_size(500, two, 256) == 256
+    assert training.eval_batch_size(47, one, 96) == 47
     with pytest.raises(DataError, match="1 evaluation samples with 2 replicas"):
-        common.eval_batch_size(1, two)
+        training.eval_batch_size(1, two)
 
 
 def test_tf_config_parsing():
@@ -108,14 +109,15 @@ def _mirrored_library_child(out, root):
 
     import keras_vrnn
     from experiments import common
+    from experiments import training
 
-    mirrored = common.make_strategy("mirrored")
-    default = common.make_strategy("default")
+    mirrored = training.make_strategy("mirrored")
+    default = training.make_strategy("default")
     report = {"replicas": mirrored.num_replicas_in_sync}
     rng = np.random.default_rng(0)
     x = rng.standard_normal((32, 7, 3)).astype("float32")
     y = rng.standard_normal((32, 2)).astype("float32")
-    batches = common.shuffled_batch_indices(32, 16, 0, 0, 6)  # 6 global batches
+    batches = training.shuffled_batch_indices(32, 16, 0, 0, 6)  # 6 global batches
 
     def train(strategy, fused, log_dir):
         # The fused model is trained (and measured) outside strategy.scope(),
@@ -132,7 +134,7 @@ def _mirrored_library_child(out, root):
             log_dir, (x[:8], y[:8]), every_n_batches=2)
         scope = contextlib.nullcontext() if fused else strategy.scope()
         with scope:
-            model.fit(common.batch_dataset((x, y), batches), epochs=2,
+            model.fit(training.batch_dataset((x, y), batches), epochs=2,
                       steps_per_epoch=3, callbacks=[callback], verbose=0,
                       shuffle=False)
         with np.load(os.path.join(log_dir, "gradient_norms.npz")) as npz:
@@ -153,9 +155,9 @@ def _mirrored_library_child(out, root):
             model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
             optimizer = keras.optimizers.SGD(0.1, global_clipnorm=0.01)
             if fix:
-                common.clip_global_gradient(optimizer)
+                training.clip_global_gradient(optimizer)
             model.compile(optimizer=optimizer, loss="mse")
-        data = common.batch_dataset((x[:, 0], y), batches[:1])
+        data = training.batch_dataset((x[:, 0], y), batches[:1])
         model.fit(data, epochs=1, steps_per_epoch=1, verbose=0, shuffle=False)
         return [np.asarray(w).tolist() for w in model.weights]
 
@@ -172,13 +174,14 @@ def _mirrored_experiment_child(out, root):
     """The timeseries experiment with --strategy mirrored and default."""
     _two_logical_cpus()
     from experiments import common
+    from experiments import training
     from experiments import timeseries
 
     report = {}
     for strategy in ("mirrored", "default"):
         timeseries.main(TIMESERIES + ["--strategy", strategy, "--workdir_root",
                                       root, "--run_name", strategy])
-        model = common.load_best_model(os.path.join(root, "timeseries", strategy))
+        model = training.load_best_model(os.path.join(root, "timeseries", strategy))
         report[f"{strategy} weights"] = [np.asarray(w).tolist() for w in model.weights]
     with open(out, "w") as f:
         json.dump(report, f)

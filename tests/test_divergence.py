@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from experiments import common
+from experiments import training
 from experiments import timeseries
 
 TINY = ["--window", "6", "--hidden", "4", "--grad_every_n_batches", "5",
@@ -68,7 +69,7 @@ def test_exploding_run_stops_cleanly_with_status_diverged(tmp_path):
     assert "test" not in results  # a diverged model is not evaluated
 
     # 3. The logs, the last good checkpoint and backup are kept, finite.
-    model = common.load_best_model(workdir)
+    model = training.load_best_model(workdir)
     assert all(np.isfinite(np.asarray(w)).all() for w in model.weights)
     assert common.read_backup(workdir)["epoch"] == where["epoch"]
     for sub in ("train", "validation"):
@@ -108,7 +109,7 @@ def test_monitor_catches_a_nan_gradient_with_a_finite_loss():
         optimizer="sgd",
         loss=lambda y, p: keras.ops.mean(keras.ops.sqrt(keras.ops.abs(p - p))),
     )
-    from experiments.callbacks import DivergenceMonitor
+    from experiments.training import DivergenceMonitor
 
     monitor = DivergenceMonitor()
     x = np.ones((8, 3), "float32")

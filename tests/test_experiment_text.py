@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from experiments import common
+from experiments import training
 from experiments import text
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -71,7 +72,7 @@ def test_config_round_trip(shakespeare_run):
 
 def test_checkpoint_loads_predicts_and_samples_reproducibly(shakespeare_run):
     _, workdir, results = shakespeare_run
-    model = common.load_best_model(workdir)
+    model = training.load_best_model(workdir)
     vocab_size = results["data"]["vocab_size"]
     logits = np.asarray(model.predict(np.zeros((2, 5), "int32"), verbose=0))
     assert logits.shape == (2, 5, vocab_size)

@@ -8,6 +8,7 @@ import pytest
 
 from experiments import data
 from experiments import common
+from experiments import training
 from experiments import timeseries
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -86,7 +87,7 @@ def test_config_round_trip(sunspots_runs):
 
 def test_checkpoint_loads(sunspots_runs):
     _, (workdir, _), _ = sunspots_runs
-    model = common.load_best_model(workdir)
+    model = training.load_best_model(workdir)
     out = np.asarray(model.predict(np.zeros((3, 6, 1), "float32"), verbose=0))
     assert out.shape == (3, 1)
     scaler = data.Standardizer.from_json((workdir / "scaler.json").read_text())

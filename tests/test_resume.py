@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from experiments import common
+from experiments import training
 from experiments import timeseries
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -47,10 +48,10 @@ def _backup_epoch(workdir):
 def test_batch_order_depends_only_on_the_batch_number(whole_passes):
     """What makes a resumed run see the batches of an uninterrupted one."""
     n, size = 23, 5
-    stream = common.shuffled_batch_indices(n, size, 7, 0, 20, whole_passes)
+    stream = training.shuffled_batch_indices(n, size, 7, 0, 20, whole_passes)
     assert stream.shape == (20, size)
     for first in (1, 4, 9, 13):
-        later = common.shuffled_batch_indices(n, size, 7, first, 20 - first,
+        later = training.shuffled_batch_indices(n, size, 7, first, 20 - first,
                                               whole_passes)
         np.testing.assert_array_equal(later, stream[first:])
     if whole_passes:  # 4 whole batches per pass, no row twice in a pass
@@ -61,7 +62,7 @@ def test_batch_order_depends_only_on_the_batch_number(whole_passes):
         flat = stream.ravel()
         for p in range(4):
             assert sorted(flat[n * p : n * (p + 1)].tolist()) == list(range(n))
-    other = common.shuffled_batch_indices(n, size, 8, 0, 20, whole_passes)
+    other = training.shuffled_batch_indices(n, size, 8, 0, 20, whole_passes)
     assert not np.array_equal(other, stream)  # the seed matters
 
 
