@@ -318,7 +318,8 @@ def run_sweep(sweep_dir, configs, fn, *, workers=1, threads=0, scheduler=None,
     elif todo:
         from dask.distributed import as_completed
 
-        with _dask_client(workers, threads, scheduler) as client:
+        client = _dask_client(workers, threads, scheduler)
+        try:
             futures = {client.submit(execute_config, fn, cid, params, config_dir_of(sweep_dir, cid),
                                      key=f"{label}-{cid}-{uuid.uuid4().hex}", pure=False):
                        (cid, params) for cid, params in todo}
@@ -332,8 +333,11 @@ def run_sweep(sweep_dir, configs, fn, *, workers=1, threads=0, scheduler=None,
                               "error": f"worker process failed: {_one_line(exc)}"}
                     common.write_json(os.path.join(config_dir_of(sweep_dir, cid), RESULT), record)
                 finish(record)
-            if not scheduler:
-                client.cluster.close()
+        finally:  # also on Ctrl-C: no worker processes are left behind
+            cluster = None if scheduler else client.cluster
+            client.close()
+            if cluster is not None:
+                cluster.close()
     return [records[cid] for cid in ids]
 
 

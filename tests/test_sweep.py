@@ -35,6 +35,13 @@ def toy_fn(params, config_dir):
     return {"loss": float(norms.sum()), "factor": float(norms[-1] / norms[0])}
 
 
+def dying_fn(params, config_dir):
+    """`toy_fn`, but the worker process dies on request."""
+    if params.get("die"):
+        os._exit(3)
+    return toy_fn(params, config_dir)
+
+
 def _configs(scales=(0.5, 1.0, 2.0), crash=False, extra=()):
     configs = []
     for s in list(scales) + list(extra):
@@ -158,6 +165,20 @@ def test_local_dask_cluster_matches_in_process(tmp_path, capsys):
     again = sweep.run_sweep(d2, configs, toy_fn, workers=2, progress=False)
     assert [r["skipped"] for r in again] == [True, False, True, True]
     assert sorted(_calls(d2)) == sorted(calls + ["s1"])
+
+
+def test_a_dying_worker_process_is_a_crash_record(tmp_path):
+    import dask
+
+    d, _ = _prepare(tmp_path)
+    configs = _configs(scales=(0.5,)) + [("die", {"die": True, "scale": 1.0, "seed": 3})]
+    # No retries on other workers: the first death is the configuration's.
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+        records = sweep.run_sweep(d, configs, dying_fn, workers=2, progress=False)
+    assert [r["status"] for r in records] == ["ok", "crashed"]
+    assert records[1]["error"].startswith("worker process failed: KilledWorker")
+    on_disk = json.load(open(os.path.join(d, "configs", "die", "result.json")))
+    assert on_disk["status"] == "crashed" and sweep.recorded_config_ids(d) == ["die", "s0.5"]
 
 
 def test_sweep_on_a_separately_started_dask_cluster(tmp_path):
