@@ -46,7 +46,6 @@ command; non-chief workers write to `<run_name>.<task type>-<index>/`.
 import argparse
 import dataclasses
 import datetime
-import functools
 import json
 import math
 import os
@@ -54,7 +53,6 @@ import pathlib
 import re
 import shutil
 import sys
-import time
 import types
 import typing
 import zipfile

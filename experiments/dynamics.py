@@ -380,16 +380,13 @@ def _cell(row, phase, activation):
     return text
 
 
-def markdown(rows, summary, config, counts, wall_s):
+def markdown(results, config):
     """results.md: a factor table per length and phase, the summary, all rows."""
-    activations = config.activation_list()
+    rows, summary, activations = results["rows"], results["summary"], config.activation_list()
     by_key = {(r["T"], r["activation"], r["gain"]): r for r in rows}
     lines = [
         "# Gradient dynamics of vanilla RNNs", "",
-        f"{len(rows)} configurations ({counts['ok']} ok, {counts['diverged']} diverged, "
-        f"{counts['crashed']} crashed; {counts['skipped']} reused from an earlier start), "
-        f"{wall_s:.0f} s this start, {sum(r.get('wall_s') or 0 for r in rows):.0f} s in "
-        f"configurations. Units {config.units}, {config.train_steps} Adam steps (lr "
+        f"{sweep.counts_line(results)} Units {config.units}, {config.train_steps} Adam steps (lr "
         f"{config.learning_rate:g}, batch {config.batch_size}), loss (MSE) at the last step "
         f"only, gradients measured on {config.eval_samples} sequences.", "",
         "Cells: measured per-step factor of ||dL/dh_t|| (fit_decay_factor; < 1 vanishing, "
@@ -535,20 +532,14 @@ def train_and_evaluate(config, workdir):
     start = time.perf_counter()
     records = config.sweep(workdir, configurations(config), functools.partial(
         run_config, settings=config.fixed_settings()), METRIC_NAMES)
-    rows, counts = sweep.rows_of(records), sweep.summarize(records)
-    summary = summarize(rows, config)
+    rows = sweep.rows_of(records)
     plots = common.plots_dir(workdir)
     pngs = [str(plot_norms(rows, workdir, config, T, plots / f"norms_vs_steps_back_T{T}.png"))
             for T in config.length_list()]
     pngs.append(str(plot_factors(rows, config, plots / "factor_vs_gain.png")))
-    wall_s = time.perf_counter() - start
-    results = {"experiment": "dynamics", "counts": counts, "wall_s": wall_s,
-               # wall_s: this start; configs_wall_s: every configuration's own
-               # time, also those an earlier start of a resumed sweep finished.
-               "configs_wall_s": sum(r.get("wall_s") or 0.0 for r in records),
-               "rows": rows, "summary": summary, "plots": pngs}
-    return sweep.save_report(workdir, results, markdown(rows, summary, config, counts, wall_s),
-                             config.verbose)
+    results = sweep.results_of("dynamics", records, time.perf_counter() - start,
+                               summary=summarize(rows, config), plots=pngs)
+    return sweep.save_report(workdir, results, markdown(results, config), config.verbose)
 
 
 def main(argv=None):

@@ -254,15 +254,12 @@ def _cell(row):
     return text + (f" h={int(row['grad_horizon_end'])}" if row.get("grad_horizon_end") is not None else "")
 
 
-def markdown(rows, config, counts, wall_s):
+def markdown(results, config):
     """results.md: the metric vs T per model and task, and every row."""
-    models, settings = config.model_list(), config.fixed_settings()
+    rows, models, settings = results["rows"], config.model_list(), config.fixed_settings()
     lines = [
         "# Long-range memory: vanilla RNNs vs LSTM", "",
-        f"{len(rows)} configurations ({counts['ok']} ok, {counts['diverged']} diverged, "
-        f"{counts['crashed']} crashed; {counts['skipped']} reused), {wall_s:.0f} s this start, "
-        f"{sum(r.get('wall_s') or 0 for r in rows):.0f} s in configurations. "
-        f"{config.train_steps} Adam steps x batch {config.batch_size}, {config.units} units, "
+        f"{sweep.counts_line(results)} {config.train_steps} Adam steps x batch {config.batch_size}, {config.units} units, "
         f"test on {config.test_samples} sequences.", "",
         f"Cells: test metric (bold: solved, below {config.solved_fraction:g} x baseline); "
         "`h=`: effective gradient horizon at the end of training (steps back until mean "
@@ -358,20 +355,15 @@ def train_and_evaluate(config, workdir):
     settings = config.fixed_settings()
     records = config.sweep(workdir, configurations(config),
                            functools.partial(run_config, settings=settings), METRIC_NAMES)
-    rows, counts = sweep.rows_of(records), sweep.summarize(records)
-    out = common.plots_dir(workdir)
+    rows, out = sweep.rows_of(records), common.plots_dir(workdir)
     pngs = [plot_metrics(rows, config, out / "metric_vs_T.png"),
             plot_final_gradients(rows, workdir, config, out / "final_gradient_norms.png")]
-    wall_s = time.perf_counter() - start
-    results = {"experiment": "long_range", "counts": counts, "wall_s": wall_s,
-               # wall_s: this start; configs_wall_s: every configuration's own
-               # time, also those an earlier start of a resumed sweep finished.
-               "configs_wall_s": sum(r.get("wall_s") or 0.0 for r in records),
-               "baselines": {f"{task}_T{T}": baseline(task, T, settings)
-                             for task, lengths in config.tasks() for T in lengths},
-               "rows": rows, "plots": [str(p) for p in pngs if p is not None]}
-    return sweep.save_report(workdir, results, markdown(rows, config, counts, wall_s),
-                             config.verbose)
+    results = sweep.results_of(
+        "long_range", records, time.perf_counter() - start,
+        baselines={f"{task}_T{T}": baseline(task, T, settings)
+                   for task, lengths in config.tasks() for T in lengths},
+        plots=[str(p) for p in pngs if p is not None])
+    return sweep.save_report(workdir, results, markdown(results, config), config.verbose)
 
 
 def main(argv=None):

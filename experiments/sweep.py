@@ -398,6 +398,24 @@ class SweepConfig(common.BaseConfig):
                          progress=self.verbose > 0, label=self.experiment)
 
 
+def results_of(experiment, records, wall_s, **extra):
+    """A sweep's results.json: counts, wall times (`wall_s` of this start,
+    `configs_wall_s` of every configuration, also those an earlier start of a
+    resumed sweep finished), one row per configuration and `extra`."""
+    return {"experiment": experiment, "counts": summarize(records), "wall_s": wall_s,
+            "configs_wall_s": sum(r.get("wall_s") or 0.0 for r in records),
+            "rows": rows_of(records), **extra}
+
+
+def counts_line(results):
+    """The report's first sentence: what ran, what was reused, how long."""
+    c = results["counts"]
+    return (f"{len(results['rows'])} configurations ({c['ok']} ok, {c['diverged']} diverged, "
+            f"{c['crashed']} crashed; {c['skipped']} reused from an earlier start), "
+            f"{results['wall_s']:.0f} s this start, {results['configs_wall_s']:.0f} s in "
+            f"configurations.")
+
+
 def save_report(workdir, results, md, verbose):
     """results.json and results.md; prints the summary tables when verbose."""
     common.save_results(workdir, results)

@@ -390,6 +390,3 @@ def recurrent_initializer(gain, seed):
         return "orthogonal"
     return keras_vrnn.initializers.ScaledOrthogonal(gain=gain, seed=seed)
 
-
-def weights_finite(model):
-    return all(np.isfinite(keras.ops.convert_to_numpy(w)).all() for w in model.weights)
