@@ -290,3 +290,29 @@ def test_format_table():
     lines = common.format_table([("model", "1.0"), ("baseline", "22.5")], ("", "MSE"))
     assert lines[0].split() == ["MSE"]
     assert lines[2].startswith("model") and lines[3].endswith("22.5")
+
+
+@dataclasses.dataclass
+class ToyTraining(common.TrainingConfig):
+    """A toy training experiment."""
+
+    experiment: ClassVar[str] = "toytrain"
+
+
+def test_unfinished_run_resumes_unless_another_process_uses_it(tmp_path):
+    config = ToyTraining(workdir_root=str(tmp_path), run_name="busy")
+    workdir, resumed, lock = common.open_run_dir(config)  # a new dir, locked
+    assert not resumed and (workdir / ".lock").exists()
+    common.write_json(workdir / "config.json", dataclasses.asdict(config))
+    (workdir / "backup").mkdir()
+    (workdir / "backup" / "epoch-1.weights.h5").write_bytes(b"weights")
+    common.write_json(workdir / "backup" / "training_metadata.json",
+                      {"epoch": 1, "step": 3, "weights": "epoch-1.weights.h5"})
+    with pytest.raises(ValueError, match="is in use by another running process"):
+        common.open_run_dir(config)
+    lock.release()
+    with pytest.raises(ValueError, match="hidden: 192 there, 5 now"):
+        common.open_run_dir(dataclasses.replace(config, hidden=5))
+    path, resumed, lock = common.open_run_dir(dataclasses.replace(config, verbose=0))
+    assert resumed and path == workdir  # verbose may differ
+    lock.release()
