@@ -10,6 +10,7 @@ from keras_vrnn.callbacks import GradientNormCallback
 from keras_vrnn.cell import VanillaRNNCell
 from keras_vrnn.diagnostics import effective_horizon
 from keras_vrnn.diagnostics import fit_decay_factor
+from keras_vrnn.diagnostics import lyapunov_exponents
 from keras_vrnn.diagnostics import recurrent_kernel_stats
 from keras_vrnn.diagnostics import state_jacobian_norms
 from keras_vrnn.diagnostics import timestep_gradient_norms
@@ -24,6 +25,7 @@ __all__ = [
     "effective_horizon",
     "fit_decay_factor",
     "initializers",
+    "lyapunov_exponents",
     "recurrent_kernel_stats",
     "state_jacobian_norms",
     "timestep_gradient_norms",

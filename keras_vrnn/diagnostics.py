@@ -11,7 +11,8 @@ Cause: the backward pass multiplies, once per step, the Jacobian
 `dh_s/dh_{s-1} = diag(act'(z_s)) W_hh^T`. `recurrent_kernel_stats` reports
 the spectral radius and largest singular value of `W_hh`;
 `state_jacobian_norms` the norm of the product of those Jacobians,
-`||dh_T/dh_t||_2`, on real data (the activation's derivative included).
+`||dh_T/dh_t||_2`, on real data (the activation's derivative included);
+`lyapunov_exponents` their asymptotic log-growth rates (the QR method).
 
 Summaries: `fit_decay_factor` fits the per-step growth/decay factor of a norm
 profile, `effective_horizon` counts how many steps back the gradient stays
@@ -41,6 +42,7 @@ logger = logging.getLogger("keras_vrnn")
 __all__ = [
     "effective_horizon",
     "fit_decay_factor",
+    "lyapunov_exponents",
     "recurrent_kernel_stats",
     "rnn_layers",
     "state_jacobian_norms",
@@ -332,7 +334,26 @@ def _unscale_for_distribution(loss):
     return loss
 
 
-def _make_norms_function(model, entries, direct):
+def _is_step_axis(a, timesteps, rank):
+    return a is not None and len(a.shape) >= rank and a.shape[1] == timesteps
+
+
+def _last_step(y, y_pred, sample_weight, timesteps):
+    """`(y, y_pred, sample_weight)` cut to the last time step: when an output
+    has a time axis (rank >= 3, axis 1 of length `timesteps`), every array
+    with that axis (rank >= 2 for targets and weights) keeps `[:, -1:]`."""
+    if not any(_is_step_axis(a, timesteps, 3) for a in keras.tree.flatten(y_pred)):
+        return y, y_pred, sample_weight  # the output is the last step only
+
+    def cut(rank):
+        return lambda a: a[:, -1:] if _is_step_axis(a, timesteps, rank) else a
+
+    y_pred = keras.tree.map_structure(cut(3), y_pred)
+    y, sample_weight = keras.tree.map_structure(cut(2), (y, sample_weight))
+    return y, y_pred, sample_weight
+
+
+def _make_norms_function(model, entries, direct, last_step_only=False):
     import tensorflow as tf
 
     model_ref = weakref.ref(model)
@@ -356,7 +377,11 @@ def _make_norms_function(model, entries, direct):
             with tf.GradientTape(watch_accessed_variables=False) as tape:
                 with _probing(group, tape, records, direct):
                     y_pred = model(x, training=False)
-                loss = _compute_loss(model, x, y, y_pred, sample_weight)
+                y_, sw = y, sample_weight
+                if last_step_only and records:
+                    timesteps = next(iter(records.values()))[0].shape[1]
+                    y_, y_pred, sw = _last_step(y, y_pred, sample_weight, timesteps)
+                loss = _compute_loss(model, x, y_, y_pred, sw)
                 loss = _unscale_for_distribution(loss)
             probes = []
             for key, _ in group:
@@ -382,19 +407,30 @@ def _make_norms_function(model, entries, direct):
     return tf.function(norms_fn)
 
 
-# model -> {(direct, layer ids): tf.function}; weak so models can be freed.
+# model -> {(direct, last_step_only, layer ids): tf.function}, and model ->
+# the compiled loss those functions traced; weak so models can be freed.
 _NORMS_FUNCTIONS = weakref.WeakKeyDictionary()
+_TRACED_LOSS = weakref.WeakKeyDictionary()
 
 
-def _norms_function(model, entries, direct):
-    cache = _NORMS_FUNCTIONS.setdefault(model, {})
-    key = (bool(direct), tuple((k, id(layer)) for k, layer in entries))
+def _norms_function(model, entries, direct, last_step_only=False):
+    # A recompile makes a new CompileLoss: the traced functions computed the
+    # old loss, so they are dropped (an identity check, as ids can be reused).
+    compiled_loss = getattr(model, "_compile_loss", None)
+    if model not in _TRACED_LOSS or _TRACED_LOSS[model][0] is not compiled_loss:
+        _TRACED_LOSS[model] = (compiled_loss,)
+        _NORMS_FUNCTIONS[model] = {}
+    cache = _NORMS_FUNCTIONS[model]
+    layer_ids = tuple((k, id(layer)) for k, layer in entries)
+    key = (bool(direct), bool(last_step_only), layer_ids)
     if key not in cache:
-        cache[key] = _make_norms_function(model, entries, direct)
+        cache[key] = _make_norms_function(model, entries, direct, last_step_only)
     return cache[key]
 
 
-def timestep_gradient_norms(model, x, y, sample_weight=None, direct=False):
+def timestep_gradient_norms(
+    model, x, y, sample_weight=None, direct=False, last_step_only=False
+):
     """Per-timestep BPTT gradient norms `||dL/dh_t||_2` of every RNN layer.
 
     `L` is the model's compiled loss exactly as Keras computes it
@@ -405,8 +441,20 @@ def timestep_gradient_norms(model, x, y, sample_weight=None, direct=False):
     `h_{t+2}`, ... (full back-propagation through time). It is obtained by
     adding a zero probe to every hidden state (`keras_vrnn.probe`) and
     differentiating with respect to the probes: one forward and one backward
-    pass in a `tf.function` cached per model (it retraces only for a new
-    input signature), with the fused fast path when the layer takes it.
+    pass in a `tf.function` cached per model (it retraces for a new input
+    signature or after `model.compile` is called again), with the fused fast
+    path when the layer takes it.
+
+    With `last_step_only=True` the loss is `l_T`, that of the last time step
+    alone, and `||dl_T/dh_t||` is the credit the final prediction assigns to
+    each earlier state (it decays or grows geometrically with `T - t`). When
+    the model's output has a time axis (an output of rank >= 3 whose axis 1
+    has the length T of the probed layers' sequences, e.g.
+    `return_sequences=True` then `Dense`), `l_T` is the compiled loss of
+    `y_pred[:, -1:]` against `y[:, -1:]`, with the same reduction (targets
+    and sample weights with that time axis are cut likewise). When the
+    output is the last step only (`return_sequences=False`), `l_T` is the
+    loss `L` itself. Same cost: one forward and one backward pass.
 
     Layers are found by walking the model, nested models included:
     `keras_vrnn.VanillaRNN`, `keras.layers.RNN(keras_vrnn.VanillaRNNCell)`,
@@ -436,6 +484,8 @@ def timestep_gradient_norms(model, x, y, sample_weight=None, direct=False):
             same layer; other layers keep their full recurrence) instead of
             the total gradient. This takes one forward and backward pass per
             layer.
+        last_step_only: If `True`, differentiate the last step's loss `l_T`
+            (see above) instead of `L`. Default `False`.
 
     Returns:
         A dict mapping each layer key to a float64 NumPy array
@@ -462,6 +512,7 @@ def timestep_gradient_norms(model, x, y, sample_weight=None, direct=False):
     _require_tensorflow("timestep_gradient_norms")
     _check_model(model, "timestep_gradient_norms")
     check_bool("direct", direct)
+    check_bool("last_step_only", last_step_only)
     check_batch(x, y, sample_weight)
     entries = rnn_layers(model)
     if not entries:
@@ -475,7 +526,7 @@ def timestep_gradient_norms(model, x, y, sample_weight=None, direct=False):
     x, y, sample_weight = keras.tree.map_structure(_to_tensor, (x, y, sample_weight))
     if not model.built:
         model(x, training=False)  # build eagerly, outside the tf.function
-    fn = _norms_function(model, entries, direct)
+    fn = _norms_function(model, entries, direct, last_step_only)
     result = fn(x, y, sample_weight)
     return {key: np.asarray(value, dtype=np.float64) for key, value in result.items()}
 
@@ -591,8 +642,9 @@ def _activation_pair(activation):
     return act, dact
 
 
-def _jacobian_norms(layer, sequences, h0, mask):
-    """||dh_T/dh_t||_2 (samples, T) by input time, float64."""
+def _derivatives(layer, sequences, h0, mask):
+    """`(act'(z_t), W_hh)` in float64: `(samples, T, units)` in processing
+    order, NaN at masked (identity) steps, and the recurrent kernel."""
     cell = layer.cell
     kernel = _variable_numpy(cell.kernel)
     recurrent = _variable_numpy(cell.recurrent_kernel)
@@ -618,6 +670,14 @@ def _jacobian_norms(layer, sequences, h0, mask):
             d = np.where(keep, d, np.nan)  # NaN marks "identity step"
         derivatives[:, t] = d
         h = a
+    return derivatives, recurrent
+
+
+def _jacobian_norms(layer, sequences, h0, mask):
+    """||dh_T/dh_t||_2 (samples, T) by input time, float64."""
+    derivatives, recurrent = _derivatives(layer, sequences, h0, mask)
+    samples, timesteps, units = derivatives.shape
+    m = mask
     # P_t = J_{T-1} ... J_{t+1} (processing order), J_s = diag(d_s) W_hh^T,
     # kept as P * exp(log_scale) so long products neither over- nor underflow.
     eye = np.broadcast_to(np.eye(units), (samples, units, units))
@@ -694,8 +754,18 @@ def state_jacobian_norms(model_or_layer, x, max_samples=8):
             f"{type(model_or_layer).__name__} '{model_or_layer.name}'."
         )
     x = keras.tree.map_structure(lambda a: a[:max_samples], x)
-    stateful = _stateful_variables(entries)
-    saved = [(v, v.numpy()) for v in stateful]
+    captured = _capture(model_or_layer, x, entries)
+    return {
+        key: _jacobian_norms(layer, *captured[key])
+        for key, layer in entries
+        if key in captured
+    }
+
+
+def _capture(model_or_layer, x, entries):
+    """Calls `model_or_layer` on `x` and returns the first call's (sequences,
+    h0, mask) of each layer of `entries`, by key; stateful states restored."""
+    saved = [(v, v.numpy()) for v in _stateful_variables(entries)]
     captured = {}
     try:
         with _capturing(entries, captured):
@@ -703,11 +773,126 @@ def state_jacobian_norms(model_or_layer, x, max_samples=8):
     finally:
         for v, value in saved:
             v.assign(value)
-    return {
-        key: _jacobian_norms(layer, *captured[key])
-        for key, layer in entries
-        if key in captured
-    }
+    return captured
+
+
+def _lyapunov(layer, sequences, h0, mask, num_exponents=None, warmup_steps=0):
+    """Lyapunov exponents (samples, k) by the QR method, descending."""
+    derivatives, recurrent = _derivatives(layer, sequences, h0, mask)
+    samples, timesteps, units = derivatives.shape
+    k = units if num_exponents is None else num_exponents
+    if k == units:
+        q = np.eye(units)
+    else:  # a generic k-dim subspace (axes could miss the leading directions)
+        q = np.linalg.qr(np.random.default_rng(0).standard_normal((units, k)))[0]
+    q = np.broadcast_to(q, (samples, units, k))
+    total = np.zeros((samples, k))
+    counted = np.zeros((samples, 1))
+    for t in range(timesteps):
+        d = derivatives[:, t]
+        carried = np.isnan(d[:, :1])  # masked step: J_t = I
+        # Row-vector layer h_t = act(x_t W + h_{t-1} U + b): for column
+        # vectors, J_t = dh_t/dh_{t-1} = diag(act'(z_t)) U^T.
+        step = d[:, :, None] * np.einsum("ji,sjk->sik", recurrent, q)
+        q, r = np.linalg.qr(np.where(carried[:, :, None], q, step))
+        if t >= warmup_steps:
+            with np.errstate(divide="ignore"):
+                logs = np.log(np.abs(np.diagonal(r, axis1=1, axis2=2)))
+            total += np.where(carried, 0.0, logs)
+            counted += ~carried
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return -np.sort(-total / counted, axis=-1)
+
+
+def lyapunov_exponents(model, x, layer=None, num_exponents=None, warmup_steps=0):
+    """Lyapunov exponents of a vanilla RNN layer's hidden dynamics on `x`.
+
+    The layer's trajectory `h_t = act(x_t W + h_{t-1} U + b)` driven by the
+    model's input `x` is recomputed in float64 (as `state_jacobian_norms`
+    does) and its exact Jacobians `J_t = dh_t/dh_{t-1} = diag(act'(z_t)) U^T`
+    are fed to the QR method: `Q_t R_t = J_t Q_{t-1}`, and exponent `i` is the
+    mean over steps of `log |R_t[i, i]|`, in nats per step. `Q_0` is the
+    identity for the full spectrum and the first `num_exponents` columns of
+    a fixed (seeded) random orthogonal matrix otherwise. Positive exponents
+    mean that nearby trajectories separate (chaos, exploding gradients),
+    negative ones that they converge (vanishing gradients); the largest one,
+    `lambda_1`, is the asymptotic log-growth rate of `||dh_T/dh_t||`.
+    Masked steps are skipped (they carry the state). Each sample's exponents
+    are sorted in descending order, then averaged over the batch.
+
+    Args:
+        model: A Keras model (or layer) that contains vanilla RNN layers.
+        x: Input batch for `model`. Every sample is used: keep it small.
+        layer: The layer, or its key from `keras_vrnn.diagnostics.rnn_layers`
+            (e.g. `"bi/forward"`); `None` (default) for the model's only
+            vanilla RNN layer.
+        num_exponents: Positive int, the number of leading exponents, at most
+            the layer's units. Default: all (`units`).
+        warmup_steps: Non-negative int, the number of first steps whose
+            contributions are discarded (the transient from `h_0`); less than
+            the number of timesteps. Default 0.
+
+    Returns:
+        A float64 NumPy array `(num_exponents,)`, descending.
+
+    Raises:
+        ValueError: `model` has no vanilla RNN layer, or several and `layer`
+            is None, `layer` is not one of them, or an argument is out of
+            range.
+
+    Example:
+
+    ```python
+    exponents = keras_vrnn.lyapunov_exponents(model, x[:8], warmup_steps=20)
+    exponents[0]  # lambda_1: < 0 contracting, > 0 chaotic
+    ```
+    """
+    if not isinstance(model, keras.layers.Layer):
+        raise ValueError(
+            "lyapunov_exponents needs a Keras model or layer. Received: model "
+            f"of type {type(model).__name__}."
+        )
+    check_batch(x, None)
+    entries = rnn_layers(model)
+    if layer is None:
+        if len(entries) != 1:
+            raise ValueError(
+                f"lyapunov_exponents needs one layer. Received: model with "
+                f"{len(entries)} vanilla RNN layers {[k for k, _ in entries]}; "
+                "pass layer=."
+            )
+        key, layer = entries[0]
+    else:
+        found = [(k, e) for k, e in entries if layer is e or layer == k]
+        if not found:
+            raise ValueError(
+                "`layer` must be one of the model's vanilla RNN layers or keys "
+                f"{[k for k, _ in entries]}. Received: layer={layer!r}."
+            )
+        key, layer = found[0]
+    units = layer.cell.units
+    if num_exponents is not None:
+        num_exponents = check_positive_int("num_exponents", num_exponents)
+        if num_exponents > units:
+            raise ValueError(
+                f"`num_exponents` must be at most the layer's units ({units}). "
+                f"Received: num_exponents={num_exponents}."
+            )
+    if isinstance(warmup_steps, bool) or not isinstance(
+        warmup_steps, (int, np.integer)
+    ) or warmup_steps < 0:
+        raise ValueError(
+            "`warmup_steps` must be a non-negative int. Received: "
+            f"warmup_steps={warmup_steps!r}."
+        )
+    sequences, h0, mask = _capture(model, x, [(key, layer)])[key]
+    if warmup_steps >= sequences.shape[1]:
+        raise ValueError(
+            f"`warmup_steps` must be less than the number of timesteps "
+            f"({sequences.shape[1]}). Received: warmup_steps={warmup_steps}."
+        )
+    spectra = _lyapunov(layer, sequences, h0, mask, num_exponents, int(warmup_steps))
+    return spectra.mean(axis=0)
 
 
 # ---------------------------------------------------------------------------

@@ -734,3 +734,128 @@ def test_fit_decay_factor_and_effective_horizon_synthetic():
         keras_vrnn.effective_horizon(profile, threshold=0)
     with pytest.raises(ValueError, match="Received: norms with shape"):
         keras_vrnn.fit_decay_factor(np.zeros((2, 2, 2)))
+
+
+# ---------------------------------------------------------------------------
+# Last-step credit: ||dl_T/dh_t||, l_T the loss of the last time step alone
+# ---------------------------------------------------------------------------
+
+
+def reference_last_step(layer, dense, x, y, return_sequences, sample_weight=None):
+    """NumPy BPTT of l_T: for per-step outputs, the MSE of y_pred[:, -1]
+    against y[:, -1] (mean over the batch and outputs); otherwise L."""
+    W, U_, b = _w(layer)
+    acts, states, _ = np_forward(x, W, U_, b)
+    Wy, by = _dense_w(dense)
+    target = y[:, -1] if return_sequences else y
+    d_in = np_mse_grad(states[:, -1], Wy, by, target, sample_weight)
+    reported, _ = np_backward(acts, W, U_, _last_only(d_in, x.shape[1]))
+    return np.linalg.norm(reported, axis=-1)
+
+
+@pytest.mark.parametrize("return_sequences", [True, False], ids=["seq", "last"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_last_step_only(float64, fused_calls, kind, return_sequences):
+    x, y = _data(seed=21, sequences=return_sequences)
+    rnn = _rnn(kind, return_sequences=return_sequences, name="rnn")
+    dense = keras.layers.Dense(O)
+    model = _compile(keras.Sequential([keras.Input((T, F)), rnn, dense]))
+    fused_calls.clear()
+    norms = keras_vrnn.timestep_gradient_norms(model, x, y, last_step_only=True)
+    assert list(norms) == ["rnn"] and norms["rnn"].shape == (B, T)
+    assert bool(fused_calls) == (kind == "fused")  # the fused path, one pass
+    expected = reference_last_step(rnn, dense, x, y, return_sequences)
+    _close(norms["rnn"], expected, 1e-9, "numpy BPTT of l_T")
+
+    xt, yt = tf.constant(x), tf.constant(y)
+
+    @tf.function
+    def last_loss(probe):  # l_T by its definition, for finite differences
+        with attached_probe(rnn, probe):
+            y_pred = model(xt, training=False)
+        if return_sequences:
+            return keras.losses.mean_squared_error(yt[:, -1], y_pred[:, -1])[None]
+        return model.compute_loss(x=xt, y=yt, y_pred=y_pred, training=False)[None]
+
+    fd = _fd(lambda p: tf.reduce_mean(last_loss(p)), (B, T, U))
+    _close(norms["rnn"], fd, 1e-6, "finite differences of l_T")
+    total = keras_vrnn.timestep_gradient_norms(model, x, y)["rnn"]
+    if return_sequences:
+        assert not np.allclose(total, norms["rnn"])
+    else:  # the output is the last step: l_T is the loss itself
+        _close(norms["rnn"], total, 1e-12, "last-step model")
+
+
+def test_last_step_only_slices_sample_weights(float64):
+    x, y = _data(seed=22)
+    rnn = _rnn("fused", return_sequences=True, name="rnn")
+    dense = keras.layers.Dense(O)
+    model = _compile(keras.Sequential([keras.Input((T, F)), rnn, dense]))
+    per_sample = np.array([0.3, 2.0])
+    norms = keras_vrnn.timestep_gradient_norms(
+        model, x, y, sample_weight=per_sample, last_step_only=True
+    )["rnn"]
+    expected = reference_last_step(rnn, dense, x, y, True, per_sample)
+    _close(norms, expected, 1e-9, "per-sample weights")
+    # Temporal weights (batch, T): only the last step's column counts.
+    temporal = np.ones((B, T)) * 5.0
+    temporal[:, -1] = per_sample
+    norms = keras_vrnn.timestep_gradient_norms(
+        model, x, y, sample_weight=temporal, last_step_only=True
+    )["rnn"]
+    _close(norms, expected, 1e-9, "temporal weights, last column")
+    with pytest.raises(ValueError, match="Received: last_step_only='yes'"):
+        keras_vrnn.timestep_gradient_norms(model, x, y, last_step_only="yes")
+
+
+def test_last_step_only_linear_orthogonal_decays_by_the_gain():
+    """Linear RNN, W_hh = rho * orthogonal, sequence output: the last step's
+    credit to h_t is exactly ||dl_T/dh_T|| rho^(T-1-t)."""
+    timesteps, rho = 12, 0.7
+    rng = np.random.default_rng(23)
+    x = rng.standard_normal((4, timesteps, F)).astype("float32")
+    y = rng.standard_normal((4, timesteps, 1)).astype("float32")
+    model = _compile(keras.Sequential([
+        keras.Input((timesteps, F)),
+        keras_vrnn.VanillaRNN(
+            8, activation="linear", return_sequences=True,
+            recurrent_initializer=ScaledOrthogonal(gain=rho, seed=4),
+        ),
+        keras.layers.Dense(1),
+    ]))
+    norms = keras_vrnn.timestep_gradient_norms(model, x, y, last_step_only=True)
+    norms = next(iter(norms.values()))
+    k = np.arange(timesteps - 1, -1, -1)
+    np.testing.assert_allclose(norms, norms[:, -1:] * rho**k, rtol=1e-4)
+    assert keras_vrnn.fit_decay_factor(norms) == pytest.approx(rho, rel=1e-5)
+
+
+def test_recompile_with_another_loss_retraces(float64):
+    x, y = _data(seed=24)
+
+    def build():
+        keras.utils.set_random_seed(5)
+        return keras.Sequential([
+            keras.Input((T, F)), _rnn("fused", return_sequences=True, name="rnn"),
+            keras.layers.Dense(O),
+        ])
+
+    model = build()
+    model.compile(optimizer="sgd", loss="mse")
+    mse = keras_vrnn.timestep_gradient_norms(model, x, y)["rnn"]
+    mse_last = keras_vrnn.timestep_gradient_norms(model, x, y, last_step_only=True)
+    model.compile(optimizer="sgd", loss="mae")
+    mae = keras_vrnn.timestep_gradient_norms(model, x, y)["rnn"]
+    mae_last = keras_vrnn.timestep_gradient_norms(model, x, y, last_step_only=True)
+    fresh = build()
+    fresh.set_weights(model.get_weights())
+    fresh.compile(optimizer="sgd", loss="mae")
+    assert not np.allclose(mse, mae)
+    assert not np.allclose(mse_last["rnn"], mae_last["rnn"])
+    _close(mae, keras_vrnn.timestep_gradient_norms(fresh, x, y)["rnn"], 1e-12)
+    expected = keras_vrnn.timestep_gradient_norms(fresh, x, y, last_step_only=True)
+    _close(mae_last["rnn"], expected["rnn"], 1e-12)
+    # Measuring again with the same compiled loss reuses the functions.
+    functions = dict(diagnostics._NORMS_FUNCTIONS[model])
+    keras_vrnn.timestep_gradient_norms(model, x, y)
+    assert diagnostics._NORMS_FUNCTIONS[model] == functions
