@@ -1,10 +1,14 @@
 """`GradientNormCallback`: watch BPTT gradients vanish or explode during `fit`."""
 
+import collections
 import csv
+import io
 import logging
 import os
 import re
+import struct
 import tempfile
+import zlib
 
 import keras
 import numpy as np
@@ -18,20 +22,43 @@ __all__ = ["GradientNormCallback", "tag_prefix"]
 NPZ_NAME = "gradient_norms.npz"
 CSV_NAME = "gradient_norms.csv"
 HORIZON_THRESHOLD = 1e-3
+HEATMAP_LOGS = 64  # the heatmap shows the most recent logs
+LYAPUNOV_SAMPLES = 4  # the first samples of `data` used for the exponents
+LYAPUNOV_EXPONENTS = 32  # at most this many leading exponents are logged
 
-# Tag suffixes, per layer, under the layer's tag prefix (see `tag_prefix`).
-SCALAR_TAGS = (
-    "grad_norm_first",
-    "grad_norm_middle",
-    "grad_norm_last",
-    "grad_norm_first_last_ratio",
-    "grad_norm_decay_factor",
-    "grad_norm_horizon",
-    "spectral_radius",
-    "nonfinite",
+# Scalar tag suffixes, per layer under the layer's tag prefix (see
+# `tag_prefix`), and the number of a log each one shows.
+SCALAR_TAGS = {
+    "grad_norm_first": "first",
+    "grad_norm_middle": "middle",
+    "grad_norm_last": "last",
+    "grad_norm_first_last_ratio": "first_last_ratio",
+    "grad_norm_decay_factor": "factor",
+    "grad_norm_horizon": "horizon",
+    "last_step_grad_norm_decay_factor": "last_step_factor",
+    "last_step_grad_norm_horizon": "last_step_horizon",
+    "lyapunov_max": "lyapunov_max",
+    "spectral_radius": "spectral_radius",
+    "nonfinite": "nonfinite",
+}
+# The custom-scalars charts of each layer: (title, tag suffix regex).
+CHARTS = (
+    ("mean ||dL/dh_t||, first/middle/last step", "grad_norm_(first|middle|last)"),
+    ("first / last step ratio", "grad_norm_first_last_ratio"),
+    ("fitted per-step factor (L; l_T)", "(last_step_)?grad_norm_decay_factor"),
+    ("effective horizon, steps back (L; l_T)", "(last_step_)?grad_norm_horizon"),
+    ("largest Lyapunov exponent (nats per step)", "lyapunov_max"),
+    ("spectral radius of W_hh", "spectral_radius"),
+    ("non-finite gradients (1 = yes)", "nonfinite"),
 )
 HISTOGRAM_TAG = "log10_grad_norm"
-IMAGE_TAG = "grad_norm_heatmap"
+LYAPUNOV_TAG = "lyapunov_spectrum"
+IMAGE_TAG = "last_step_grad_norm_heatmap"
+FIELDS = (
+    "mean_norms", "spectral_radius", "max_singular_value", "factor", "horizon",
+    "first_last_ratio", "nonfinite", "last_step_mean_norms", "last_step_factor",
+    "last_step_horizon", "lyapunov",
+)
 
 _CALL_SUFFIX = re.compile(r"/call_\d+$")
 
@@ -108,8 +135,10 @@ class GradientNormCallback(keras.callbacks.Callback):
     Every `every_n_batches` training batches (and once at the start of
     training, step 0) the callback measures, on one fixed batch `data`, the
     exact gradient norm `||dL/dh_t||_2` of the model's loss with respect to
-    the hidden state of every vanilla RNN layer at every timestep t (see
-    `keras_vrnn.timestep_gradient_norms`: one forward and one backward pass),
+    the hidden state of every vanilla RNN layer at every timestep t, and
+    that of the last step's loss `l_T` (see
+    `keras_vrnn.timestep_gradient_norms`: one forward and one backward pass
+    each), plus the Lyapunov exponents of each layer,
     and writes it where `keras.callbacks.TensorBoard(log_dir)` writes its
     training logs, `log_dir/train`, so both appear in one dashboard. The step
     is the global number of training batches done (that of Keras'
@@ -127,30 +156,45 @@ class GradientNormCallback(keras.callbacks.Callback):
       norms (`keras_vrnn.fit_decay_factor`; < 1 vanishing, > 1 exploding);
     - `p/grad_norm_horizon`: `keras_vrnn.effective_horizon` of the mean
       norms, threshold 1e-3;
+    - `p/last_step_grad_norm_decay_factor`, `p/last_step_grad_norm_horizon`:
+      the same two for the last-step view `||dl_T/dh_t||`, the credit the
+      last step's loss alone gives each earlier state
+      (`timestep_gradient_norms(..., last_step_only=True)`);
+    - `p/lyapunov_max`: the largest Lyapunov exponent (nats per step) of
+      the layer's hidden dynamics on the first 4 samples of `data`
+      (`keras_vrnn.lyapunov_exponents`);
     - `p/spectral_radius`: spectral radius of the recurrent kernel `W_hh`;
-    - `p/nonfinite`: 1 when a gradient norm is inf or NaN, else 0;
+    - `p/nonfinite`: 1 when a gradient norm (either view) is inf or NaN;
     - histogram `p/log10_grad_norm`: log10 of every (sample, timestep) norm
       (zero and non-finite ones left out);
-    - image `p/grad_norm_heatmap`: log10 of the mean norm, one row per
-      logging step so far, one column per timestep: the picture of vanishing
-      (dark early timesteps) or exploding gradients.
+    - histogram `p/lyapunov_spectrum`: the `min(units, 32)` leading
+      exponents (a histogram, one tag whatever the units; the ordered
+      values are in the NPZ file);
+    - image `p/last_step_grad_norm_heatmap`: log10 of the mean last-step
+      norm, one row per log (the 64 most recent), one column per timestep:
+      the picture of vanishing (dark early timesteps) or exploding credit.
 
     A custom-scalars layout (TensorBoard's "Custom Scalars" tab) groups each
     layer's charts into one category.
 
-    The same numbers are kept in `log_dir/gradient_norms.npz`, rewritten
-    (atomically) at every log so a killed run keeps its data:
+    The same numbers are kept in `log_dir/gradient_norms.npz`, an
+    uncompressed NPZ file (`np.load` reads it) that every log extends in
+    place: it writes the new rows, the arrays' headers and the zip
+    directory, so a log costs the same at any step, and a killed run keeps
+    its data:
 
     - `"steps"`: int64 `(n_logs,)`; `"keys"`: the layer keys (str array);
-    - per key: `"<key>/mean_norms"` `(n_logs, T)`, and `(n_logs,)` arrays
-      `"<key>/spectral_radius"`, `"<key>/max_singular_value"`,
-      `"<key>/factor"`, `"<key>/horizon"`, `"<key>/first_last_ratio"`,
-      `"<key>/nonfinite"` (float64, NaN kept);
+    - per key: `"<key>/mean_norms"` and `"<key>/last_step_mean_norms"`
+      `(n_logs, T)`, `"<key>/lyapunov"` `(n_logs, k)` (descending), and
+      `(n_logs,)` arrays `"<key>/spectral_radius"`,
+      `"<key>/max_singular_value"`, `"<key>/factor"`, `"<key>/horizon"`,
+      `"<key>/last_step_factor"`, `"<key>/last_step_horizon"`,
+      `"<key>/first_last_ratio"`, `"<key>/nonfinite"` (float64, NaN kept);
     - `"direct"` and `"horizon_threshold"` (0-d), the settings used;
 
     and in `log_dir/gradient_norms.csv`, long format with header
-    `step,layer,timestep,mean_norm` (appended at every log). See
-    `keras_vrnn.plots` for pictures made from the NPZ file.
+    `step,layer,timestep,mean_norm` (total-gradient view, appended at every
+    log). See `keras_vrnn.plots` for pictures made from the NPZ file.
 
     Non-finite gradients never stop training: they are logged as they are
     (NaN or inf), flagged with `nonfinite = 1` and reported with a warning on
@@ -188,7 +232,7 @@ class GradientNormCallback(keras.callbacks.Callback):
             callback's.
         data: A fixed batch `(x, y)` or `(x, y, sample_weight)`, as passed
             to `model.fit`. Keep it small (e.g. 32 to 256 samples): each log
-            runs one forward and one backward pass on it.
+            runs two forward and backward passes on it.
         every_n_batches: Positive int, log every that many training batches.
             Default 50.
         layers: Optional list of layer names or keys to log (a
@@ -245,8 +289,8 @@ class GradientNormCallback(keras.callbacks.Callback):
     def _reset(self):
         self._keys = None
         self._prefixes = {}
-        self._steps = []
-        self._history = {}
+        self._npz = None
+        self._heatmap = collections.deque(maxlen=HEATMAP_LOGS)  # (step, rows)
         self._global_batch = 0
         self._epoch_start = 0
         self._last_logged = None
@@ -307,16 +351,25 @@ class GradientNormCallback(keras.callbacks.Callback):
                 f"{self._npz_path!r}: they were measured with direct="
                 f"{bool(arrays['direct'])}. Received: direct={self.direct}."
             )
-        keep = arrays["steps"] <= step
         self._start([str(key) for key in arrays["keys"]])
-        for key in self._keys:
-            for field in self._history[key]:
-                self._history[key][field] = list(arrays[f"{key}/{field}"][keep])
-        self._steps = [int(s) for s in arrays["steps"][keep]]
+        missing = [n for n in self._growing() if n not in arrays]
+        if missing:
+            raise ValueError(
+                f"GradientNormCallback cannot resume the logs in "
+                f"{self._npz_path!r}: they lack the arrays {missing}. "
+                "Received: resume=True; use a new log_dir."
+            )
+        keep = arrays["steps"] <= step
+        for name in self._growing():
+            arrays[name] = arrays[name][keep]
         self._last_logged = step  # measured before the interruption, or not due
-        os.makedirs(self.log_dir, exist_ok=True)
-        self._write_npz()
-        self._rewrite_csv()
+        self._npz = _GrowingNpz(self._npz_path, arrays, self._growing())
+        def logs(field):
+            for i, logged in enumerate(arrays["steps"]):
+                yield int(logged), {k: arrays[f"{k}/{field}"][i] for k in self._keys}
+
+        self._heatmap.extend(logs("last_step_mean_norms"))  # keeps the last ones
+        self._write_csv(logs("mean_norms"), fresh=True)
 
     # -- one measurement -------------------------------------------------------
     def _select_keys(self, available):
@@ -345,16 +398,31 @@ class GradientNormCallback(keras.callbacks.Callback):
                 prefix = f"{tag_prefix(key)}_{i}"
             used.add(prefix)
             self._prefixes[key] = prefix
-        fields = (
-            "mean_norms", "spectral_radius", "max_singular_value", "factor",
-            "horizon", "first_last_ratio", "nonfinite",
-        )
-        self._history = {key: {f: [] for f in fields} for key in keys}
+
+    def _growing(self):
+        """Names of the NPZ arrays that get one row per log, in file order."""
+        return ["steps"] + [f"{k}/{f}" for k in self._keys for f in FIELDS]
+
+    def _lyapunov(self, layers):
+        """Leading Lyapunov exponents of each base layer, on a few samples."""
+        x = keras.tree.map_structure(lambda a: a[:LYAPUNOV_SAMPLES], self.data[0])
+        entries = [(k, layers[k]) for k in dict.fromkeys(
+            _CALL_SUFFIX.sub("", key) for key in self._keys)]
+        captured = diagnostics._capture(self.model, x, entries)
+        spectra = {}
+        for key, layer in entries:
+            k = min(layer.cell.units, LYAPUNOV_EXPONENTS)
+            with np.errstate(all="ignore"):
+                spectra[key] = diagnostics._lyapunov(layer, *captured[key], k).mean(0)
+        return spectra
 
     def _log(self, step):
         x, y, sample_weight = self.data
-        norms = diagnostics.timestep_gradient_norms(
-            self.model, x, y, sample_weight, direct=self.direct
+        norms, last = (
+            diagnostics.timestep_gradient_norms(
+                self.model, x, y, sample_weight, self.direct, last_step_only=view
+            )
+            for view in (False, True)
         )
         if self._keys is None:
             self._start(self._select_keys(list(norms)))
@@ -367,40 +435,38 @@ class GradientNormCallback(keras.callbacks.Callback):
                 f"model; use a new log_dir."
             )
         layers = dict(diagnostics.rnn_layers(self.model))
+        spectra = self._lyapunov(layers)
         current = {}
-        bad = []
         for key in self._keys:
-            values = norms[key]
+            base = _CALL_SUFFIX.sub("", key)
+            stats = diagnostics.recurrent_kernel_stats(layers[base])
             with np.errstate(all="ignore"):
-                mean = values.mean(axis=0)
-                ratio = mean[0] / mean[-1]
-            timesteps = mean.shape[0]
-            layer = layers.get(key) or layers.get(_CALL_SUFFIX.sub("", key))
-            stats = diagnostics.recurrent_kernel_stats(layer)
-            nonfinite = not bool(np.all(np.isfinite(values)))
-            if nonfinite:
-                bad.append(key)
-            record = {
-                "mean_norms": mean,
-                "spectral_radius": float(stats["spectral_radius"]),
-                "max_singular_value": float(stats["max_singular_value"]),
-                "factor": diagnostics.fit_decay_factor(mean),
-                "horizon": float(
+                current[key] = {
+                    "values": norms[key],
+                    "mean_norms": norms[key].mean(axis=0),
+                    "last_step_mean_norms": last[key].mean(axis=0),
+                    "spectral_radius": float(stats["spectral_radius"]),
+                    "max_singular_value": float(stats["max_singular_value"]),
+                    "nonfinite": float(not np.isfinite([norms[key], last[key]]).all()),
+                    "lyapunov": spectra[base],
+                }
+        self._record(step, current)
+
+    def _record(self, step, current):
+        """Writes one log: TensorBoard summaries, NPZ rows, CSV rows."""
+        for c in current.values():
+            for view in ("", "last_step_"):
+                mean = c[f"{view}mean_norms"]
+                c[f"{view}factor"] = diagnostics.fit_decay_factor(mean)
+                c[f"{view}horizon"] = float(
                     diagnostics.effective_horizon(mean, HORIZON_THRESHOLD)
-                ),
-                "first_last_ratio": float(ratio),
-                "nonfinite": float(nonfinite),
-            }
-            for field, value in record.items():
-                self._history[key][field].append(value)
-            current[key] = {
-                **record,
-                "first": float(mean[0]),
-                "middle": float(mean[timesteps // 2]),
-                "last": float(mean[-1]),
-                "values": values,
-            }
-        self._steps.append(int(step))
+                )
+            mean = c["mean_norms"]
+            with np.errstate(all="ignore"):
+                c["first_last_ratio"] = float(mean[0] / mean[-1])
+            c.update(first=mean[0], middle=mean[mean.shape[0] // 2], last=mean[-1],
+                     lyapunov_max=c["lyapunov"][0])
+        bad = [key for key, c in current.items() if c["nonfinite"]]
         self._last_logged = step
         if bad:
             logger.warning(
@@ -410,9 +476,25 @@ class GradientNormCallback(keras.callbacks.Callback):
                 ", ".join(bad),
             )
         os.makedirs(self.log_dir, exist_ok=True)
+        means = {view: {k: c[f"{view}mean_norms"] for k, c in current.items()}
+                 for view in ("", "last_step_")}
+        self._heatmap.append((step, means["last_step_"]))
         self._write_summaries(step, current)
-        self._write_npz()
-        self._append_csv(step, current)
+        rows = {"steps": step}
+        rows.update({f"{k}/{f}": current[k][f] for k in self._keys for f in FIELDS})
+        if self._npz is None:
+            arrays = {
+                "steps": np.asarray([step], np.int64),
+                "keys": np.asarray(self._keys, dtype=str),
+                "direct": np.asarray(self.direct),
+                "horizon_threshold": np.asarray(HORIZON_THRESHOLD),
+            }
+            for name in self._growing()[1:]:
+                arrays[name] = np.asarray(rows[name], np.float64)[None]
+            self._npz = _GrowingNpz(self._npz_path, arrays, self._growing())
+        else:
+            self._npz.append(rows)
+        self._write_csv([(step, means[""])])
 
     # -- outputs ---------------------------------------------------------------
     def _get_writer(self):
@@ -435,43 +517,21 @@ class GradientNormCallback(keras.callbacks.Callback):
         from tensorboard.plugins.custom_scalar import layout_pb2
         from tensorboard.plugins.custom_scalar import summary as cs_summary
 
-        def chart(prefix, title, *suffixes):
-            p = re.escape(prefix)
-            tags = [f"^{p}/{s}$" for s in suffixes]
-            return layout_pb2.Chart(
-                title=title, multiline=layout_pb2.MultilineChartContent(tag=tags)
+        categories = [
+            layout_pb2.Category(
+                title=f"BPTT gradient norms: {key}",
+                chart=[
+                    layout_pb2.Chart(
+                        title=title,
+                        multiline=layout_pb2.MultilineChartContent(
+                            tag=[f"^{re.escape(self._prefixes[key])}/{regex}$"]
+                        ),
+                    )
+                    for title, regex in CHARTS
+                ],
             )
-
-        categories = []
-        for key in self._keys:
-            prefix = self._prefixes[key]
-            categories.append(
-                layout_pb2.Category(
-                    title=f"BPTT gradient norms: {key}",
-                    chart=[
-                        chart(
-                            prefix,
-                            "mean ||dL/dh_t|| at the first, middle, last step",
-                            "grad_norm_(first|middle|last)",
-                        ),
-                        chart(
-                            prefix,
-                            "first / last step ratio",
-                            "grad_norm_first_last_ratio",
-                        ),
-                        chart(
-                            prefix, "fitted per-step factor", "grad_norm_decay_factor"
-                        ),
-                        chart(
-                            prefix,
-                            "effective horizon (steps back)",
-                            "grad_norm_horizon",
-                        ),
-                        chart(prefix, "spectral radius of W_hh", "spectral_radius"),
-                        chart(prefix, "non-finite gradients (1 = yes)", "nonfinite"),
-                    ],
-                )
-            )
+            for key in self._keys
+        ]
         layout = layout_pb2.Layout(category=categories)
         tf.summary.experimental.write_raw_pb(
             cs_summary.pb(layout).SerializeToString(), step=0
@@ -487,85 +547,174 @@ class GradientNormCallback(keras.callbacks.Callback):
             for key in self._keys:
                 p = self._prefixes[key]
                 c = current[key]
-                scalars = {
-                    "grad_norm_first": c["first"],
-                    "grad_norm_middle": c["middle"],
-                    "grad_norm_last": c["last"],
-                    "grad_norm_first_last_ratio": c["first_last_ratio"],
-                    "grad_norm_decay_factor": c["factor"],
-                    "grad_norm_horizon": c["horizon"],
-                    "spectral_radius": c["spectral_radius"],
-                    "nonfinite": c["nonfinite"],
-                }
-                for name, value in scalars.items():
-                    tf.summary.scalar(f"{p}/{name}", value, step=step)
+                for tag, field in SCALAR_TAGS.items():
+                    tf.summary.scalar(f"{p}/{tag}", c[field], step=step)
                 values = c["values"]
                 with np.errstate(all="ignore"):
                     usable = values[np.isfinite(values) & (values > 0)]
                 tf.summary.histogram(
                     f"{p}/{HISTOGRAM_TAG}", np.log10(usable), step=step
                 )
+                spectrum = c["lyapunov"]
+                tf.summary.histogram(
+                    f"{p}/{LYAPUNOV_TAG}", spectrum[np.isfinite(spectrum)], step=step
+                )
                 png = plots.heatmap_png(
-                    np.stack(self._history[key]["mean_norms"]),
-                    self._steps,
-                    f"log10 mean ||dL/dh_t||: {key}",
+                    np.stack([rows[key] for _, rows in self._heatmap]),
+                    [logged for logged, _ in self._heatmap],
+                    f"log10 mean ||dl_T/dh_t||, last step's loss: {key}",
                 )
                 image = tf.image.decode_png(png, channels=3)[None]
                 tf.summary.image(f"{p}/{IMAGE_TAG}", image, step=step)
         writer.flush()
 
-    def _write_npz(self):
-        arrays = {
-            "steps": np.asarray(self._steps, dtype=np.int64),
-            "keys": np.asarray(self._keys, dtype=str),
-            "direct": np.asarray(self.direct),
-            "horizon_threshold": np.asarray(HORIZON_THRESHOLD),
-        }
-        for key in self._keys:
-            for field, values in self._history[key].items():
-                arrays[f"{key}/{field}"] = np.asarray(values, dtype=np.float64)
-        fd, tmp = tempfile.mkstemp(
-            dir=self.log_dir, prefix=".gradient_norms-", suffix=".npz"
-        )
+    def _write_csv(self, logs, fresh=False):
+        """Appends `logs`, `(step, {key: mean norms})` pairs, to the CSV
+        file, or writes the file afresh (atomically) with them."""
+        path = self._csv_path + ".tmp" if fresh else self._csv_path
+        start = fresh or not self._csv_started
+        with open(path, "w" if start else "a", newline="") as f:
+            writer = csv.writer(f)
+            if start:
+                writer.writerow(("step", "layer", "timestep", "mean_norm"))
+            for step, means in logs:
+                writer.writerows(
+                    (int(step), key, t, repr(float(value)))
+                    for key in self._keys
+                    for t, value in enumerate(means[key])
+                )
+        if fresh:
+            os.replace(path, self._csv_path)
+        self._csv_started = True
+
+
+# ---------------------------------------------------------------------------
+# An NPZ file whose arrays grow by rows in place
+# ---------------------------------------------------------------------------
+
+_POLY = 0xEDB88320  # CRC-32 (zip, zlib), reflected: x^k is bit 31 - k
+
+
+def _multmodp(a, b):
+    """a * b modulo the CRC-32 polynomial (zlib's `multmodp`)."""
+    p, m = 0, 1 << 31
+    while m and a & ((m << 1) - 1):
+        p ^= b if a & m else 0
+        m >>= 1
+        b = (b >> 1) ^ _POLY if b & 1 else b >> 1
+    return p
+
+
+def _shift(n):
+    """x^(8 n) modulo the polynomial: `crc(A + B) = multmodp(shift(len(B)),
+    crc(A)) ^ crc(B)`, so a CRC is updated without reading B again."""
+    p, square = 1 << 31, 1 << 23
+    while n:
+        p = _multmodp(square, p) if n & 1 else p
+        square, n = _multmodp(square, square), n >> 1
+    return p
+
+
+class _GrowingNpz:
+    """An uncompressed NPZ file (a zip of `.npy` entries, as `np.savez`
+    writes; `np.load` reads it) whose arrays named in `growing` get rows
+    appended in place.
+
+    A growing array has a fixed-size `.npy` header and room for `capacity`
+    rows. `append` writes the new rows into the room, then the headers, then
+    the zip directory (sizes, and CRC-32s combined from the rows' running
+    CRC, see `_shift`), so its cost does not depend on the number of rows. A
+    full room makes the file be rewritten with twice the room.
+    """
+
+    HEADER = 128  # bytes of a growing array's .npy header
+
+    def __init__(self, path, arrays, growing, capacity=64):
+        self.path, growing = path, set(growing)
+        self.capacity = max([capacity] + [2 * len(arrays[n]) for n in growing])
+        self.entries, out = [], io.BytesIO()
+        for key, array in arrays.items():
+            e = {"key": key, "name": f"{key}.npy".encode(), "offset": out.tell()}
+            out.write(bytes(30 + len(e["name"])))  # local header, filled below
+            if key in growing:
+                data = np.ascontiguousarray(array).tobytes()
+                row = array.itemsize * int(np.prod(array.shape[1:]))
+                e.update(dtype=array.dtype, shape=array.shape[1:], n=len(array),
+                         row=row, xrow=_shift(row), crc_rows=zlib.crc32(data),
+                         xpow=_shift(len(data)), data=out.tell())
+                self._seal(e)
+                out.write(e["header"] + data + bytes(row * (self.capacity - e["n"])))
+            else:
+                buffer = io.BytesIO()
+                np.lib.format.write_array(buffer, np.asarray(array), allow_pickle=False)
+                data = buffer.getvalue()
+                e.update(size=len(data), crc=zlib.crc32(data))
+                out.write(data)
+            self.entries.append(e)
+        self.directory = out.tell()
+        out.write(self._directory())
+        content = out.getbuffer()
+        for e in self.entries:
+            content[e["offset"]:e["offset"] + 30 + len(e["name"])] = self._local(e)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", suffix=".npz")
         try:
             with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)
-            os.replace(tmp, self._npz_path)
+                f.write(content)
+            os.replace(tmp, path)
         except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+            os.unlink(tmp)
             raise
 
-    def _csv_rows(self, step, mean_norms_by_key):
-        return [
-            (int(step), key, t, repr(float(value)))
-            for key in self._keys
-            for t, value in enumerate(mean_norms_by_key[key])
-        ]
+    def _seal(self, e):
+        """Sets a growing entry's .npy header, size and CRC from its rows."""
+        text = repr({"descr": np.lib.format.dtype_to_descr(e["dtype"]),
+                     "fortran_order": False, "shape": (e["n"], *e["shape"])})
+        e["header"] = (b"\x93NUMPY\x01\x00" + struct.pack("<H", self.HEADER - 10)
+                       + text.ljust(self.HEADER - 11).encode() + b"\n")
+        e["size"] = self.HEADER + e["n"] * e["row"]
+        e["crc"] = _multmodp(e["xpow"], zlib.crc32(e["header"])) ^ e["crc_rows"]
 
-    def _rewrite_csv(self):
-        """Writes the CSV file afresh from the history kept in memory."""
-        rows = []
-        for i, step in enumerate(self._steps):
-            rows += self._csv_rows(
-                step, {k: self._history[k]["mean_norms"][i] for k in self._keys}
-            )
-        tmp = self._csv_path + ".tmp"
-        with open(tmp, "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(("step", "layer", "timestep", "mean_norm"))
-            writer.writerows(rows)
-        os.replace(tmp, self._csv_path)
-        self._csv_started = True
+    @staticmethod
+    def _local(e):
+        return struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0, 0, 0, 33, e["crc"],
+                           e["size"], e["size"], len(e["name"]), 0) + e["name"]
 
-    def _append_csv(self, step, current):
-        mode = "a" if self._csv_started else "w"
-        rows = self._csv_rows(
-            step, {key: current[key]["mean_norms"] for key in self._keys}
+    def _directory(self):
+        records = b"".join(
+            struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 20, 20, 0, 0, 0, 33,
+                        e["crc"], e["size"], e["size"], len(e["name"]), 0, 0, 0, 0,
+                        0, e["offset"]) + e["name"]
+            for e in self.entries
         )
-        with open(self._csv_path, mode, newline="") as f:
-            writer = csv.writer(f)
-            if not self._csv_started:
-                writer.writerow(("step", "layer", "timestep", "mean_norm"))
-            writer.writerows(rows)
-        self._csv_started = True
+        n = len(self.entries)
+        return records + struct.pack(
+            "<IHHHHIIH", 0x06054B50, 0, 0, n, n, len(records), self.directory, 0)
+
+    def append(self, rows):
+        """Appends one row to each growing array (`rows`: name -> row)."""
+        growing = [e for e in self.entries if "row" in e]
+        if any(e["n"] >= self.capacity for e in growing):
+            with np.load(self.path) as saved:
+                arrays = {e["key"]: saved[e["key"]] for e in self.entries}
+            self.__init__(self.path, arrays, [e["key"] for e in growing],
+                          2 * self.capacity)
+            growing = [e for e in self.entries if "row" in e]
+        with open(self.path, "r+b", buffering=0) as f:
+            for e in growing:
+                row = np.asarray(rows[e["key"]], e["dtype"])
+                data = np.broadcast_to(row, e["shape"]).tobytes()
+                f.seek(e["data"] + self.HEADER + e["n"] * e["row"])
+                f.write(data)
+                e["crc_rows"] = zlib.crc32(data, e["crc_rows"])
+                e["xpow"] = _multmodp(e["xrow"], e["xpow"])
+                e["n"] += 1
+            # The file is inconsistent from the first header to the directory.
+            for e in growing:
+                self._seal(e)
+                f.seek(e["data"])
+                f.write(e["header"])
+            f.seek(self.directory)
+            f.write(self._directory())
+            for e in growing:
+                f.seek(e["offset"])
+                f.write(self._local(e))

@@ -854,42 +854,34 @@ def lyapunov_exponents(model, x, layer=None, num_exponents=None, warmup_steps=0)
         )
     check_batch(x, None)
     entries = rnn_layers(model)
-    if layer is None:
-        if len(entries) != 1:
-            raise ValueError(
-                f"lyapunov_exponents needs one layer. Received: model with "
-                f"{len(entries)} vanilla RNN layers {[k for k, _ in entries]}; "
-                "pass layer=."
-            )
-        key, layer = entries[0]
-    else:
-        found = [(k, e) for k, e in entries if layer is e or layer == k]
-        if not found:
-            raise ValueError(
-                "`layer` must be one of the model's vanilla RNN layers or keys "
-                f"{[k for k, _ in entries]}. Received: layer={layer!r}."
-            )
-        key, layer = found[0]
-    units = layer.cell.units
-    if num_exponents is not None:
-        num_exponents = check_positive_int("num_exponents", num_exponents)
-        if num_exponents > units:
-            raise ValueError(
-                f"`num_exponents` must be at most the layer's units ({units}). "
-                f"Received: num_exponents={num_exponents}."
-            )
-    if isinstance(warmup_steps, bool) or not isinstance(
-        warmup_steps, (int, np.integer)
-    ) or warmup_steps < 0:
+    found = [(k, e) for k, e in entries if layer is None or layer is e or layer == k]
+    if layer is None and len(found) != 1:
         raise ValueError(
-            "`warmup_steps` must be a non-negative int. Received: "
-            f"warmup_steps={warmup_steps!r}."
+            f"lyapunov_exponents needs one layer. Received: model with "
+            f"{len(entries)} vanilla RNN layers {[k for k, _ in entries]}; pass layer=."
+        )
+    if not found:
+        raise ValueError(
+            "`layer` must be one of the model's vanilla RNN layers or keys "
+            f"{[k for k, _ in entries]}. Received: layer={layer!r}."
+        )
+    key, layer = found[0]
+    units = layer.cell.units
+    if num_exponents is not None and check_positive_int(
+        "num_exponents", num_exponents
+    ) > units:
+        raise ValueError(
+            f"`num_exponents` must be at most the layer's units ({units}). "
+            f"Received: num_exponents={num_exponents}."
         )
     sequences, h0, mask = _capture(model, x, [(key, layer)])[key]
-    if warmup_steps >= sequences.shape[1]:
+    timesteps = sequences.shape[1]
+    if isinstance(warmup_steps, bool) or not isinstance(
+        warmup_steps, (int, np.integer)
+    ) or not 0 <= warmup_steps < timesteps:
         raise ValueError(
-            f"`warmup_steps` must be less than the number of timesteps "
-            f"({sequences.shape[1]}). Received: warmup_steps={warmup_steps}."
+            f"`warmup_steps` must be an int in [0, {timesteps}) (the number of "
+            f"timesteps). Received: warmup_steps={warmup_steps!r}."
         )
     spectra = _lyapunov(layer, sequences, h0, mask, num_exponents, int(warmup_steps))
     return spectra.mean(axis=0)

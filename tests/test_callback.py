@@ -30,15 +30,18 @@ PREFIXES = {"rnn": "rnn", "bi/forward": "bi.forward", "bi/backward": "bi.backwar
 SCALARS = [
     "grad_norm_first", "grad_norm_middle", "grad_norm_last",
     "grad_norm_first_last_ratio", "grad_norm_decay_factor", "grad_norm_horizon",
-    "spectral_radius", "nonfinite",
+    "last_step_grad_norm_decay_factor", "last_step_grad_norm_horizon",
+    "lyapunov_max", "spectral_radius", "nonfinite",
 ]
+HISTOGRAMS = ["log10_grad_norm", "lyapunov_spectrum"]
+IMAGE = "last_step_grad_norm_heatmap"
 
 
 def expected_tags(prefixes=PREFIXES.values()):
     tags = {"custom_scalars__config__"}
     for p in prefixes:
         tags |= {f"{p}/{s}" for s in SCALARS}
-        tags |= {f"{p}/log10_grad_norm", f"{p}/grad_norm_heatmap"}
+        tags |= {f"{p}/{h}" for h in HISTOGRAMS} | {f"{p}/{IMAGE}"}
     return tags
 
 
@@ -109,9 +112,10 @@ def test_event_file_has_exactly_the_expected_tags(run):
         for s in SCALARS:
             assert plugin(f"{p}/{s}") == "scalars"
             assert [e.step for e in acc.Tensors(f"{p}/{s}")] == [0, 4, 8]
-        assert plugin(f"{p}/log10_grad_norm") == "histograms"
-        assert plugin(f"{p}/grad_norm_heatmap") == "images"
-        images = acc.Tensors(f"{p}/grad_norm_heatmap")
+        for h in HISTOGRAMS:
+            assert plugin(f"{p}/{h}") == "histograms"
+        assert plugin(f"{p}/{IMAGE}") == "images"
+        images = acc.Tensors(f"{p}/{IMAGE}")
         assert [e.step for e in images] == [0, 4, 8]
         from tensorboard.util import tensor_util
 
@@ -156,27 +160,45 @@ def test_npz_csv_and_events_agree(run):
     assert list(data["keys"]) == KEYS
     np.testing.assert_array_equal(data["steps"], [0, 4, 8])
     assert data["steps"].dtype == np.int64
+    assert data.files == ["steps", "keys", "direct", "horizon_threshold"] + [
+        f"{key}/{f}" for key in KEYS for f in callbacks_lib.FIELDS
+    ]
+    units = {"rnn": 4, "bi/forward": 3, "bi/backward": 3}
     for key in KEYS:
         assert data[f"{key}/mean_norms"].shape == (3, T)
+        assert data[f"{key}/last_step_mean_norms"].shape == (3, T)
+        assert data[f"{key}/lyapunov"].shape == (3, units[key])
         for field in ("spectral_radius", "factor", "horizon", "first_last_ratio",
-                      "nonfinite", "max_singular_value"):
+                      "nonfinite", "max_singular_value", "last_step_factor",
+                      "last_step_horizon"):
             assert data[f"{key}/{field}"].shape == (3,)
         np.testing.assert_array_equal(data[f"{key}/nonfinite"], 0.0)
+        for view in ("", "last_step_"):
+            m = data[f"{key}/{view}mean_norms"]
+            assert np.all(np.isfinite(m)) and np.all(m > 0)
+            # The derived numbers are functions of the stored mean norms.
+            for i in range(3):
+                assert data[f"{key}/{view}factor"][i] == keras_vrnn.fit_decay_factor(
+                    m[i])
+                assert data[f"{key}/{view}horizon"][i] == keras_vrnn.effective_horizon(
+                    m[i])
         m = data[f"{key}/mean_norms"]
-        assert np.all(np.isfinite(m)) and np.all(m > 0)
-        # The derived numbers are functions of the stored mean norms.
-        for i in range(3):
-            assert data[f"{key}/factor"][i] == keras_vrnn.fit_decay_factor(m[i])
-            assert data[f"{key}/horizon"][i] == keras_vrnn.effective_horizon(m[i])
         np.testing.assert_allclose(data[f"{key}/first_last_ratio"], m[:, 0] / m[:, -1])
+        assert np.all(np.diff(data[f"{key}/lyapunov"], axis=1) <= 0)
 
     # The last log (step 8) is the model after training: recompute it.
     model, x, y = run["model"], run["x"], run["y"]
     norms = keras_vrnn.timestep_gradient_norms(model, x[:8], y[:8])
+    last = keras_vrnn.timestep_gradient_norms(model, x[:8], y[:8], last_step_only=True)
     for key in KEYS:
         np.testing.assert_allclose(
             data[f"{key}/mean_norms"][-1], norms[key].mean(0), rtol=1e-6
         )
+        np.testing.assert_allclose(
+            data[f"{key}/last_step_mean_norms"][-1], last[key].mean(0), rtol=1e-6
+        )
+        exponents = keras_vrnn.lyapunov_exponents(model, x[:4], layer=key)
+        np.testing.assert_allclose(data[f"{key}/lyapunov"][-1], exponents, rtol=1e-9)
     layer = model.get_layer("bi").backward_layer
     np.testing.assert_allclose(
         data["bi/backward/spectral_radius"][-1],
@@ -196,6 +218,9 @@ def test_npz_csv_and_events_agree(run):
             ("grad_norm_last", m[:, -1]),
             ("grad_norm_decay_factor", data[f"{key}/factor"]),
             ("grad_norm_horizon", data[f"{key}/horizon"]),
+            ("last_step_grad_norm_decay_factor", data[f"{key}/last_step_factor"]),
+            ("last_step_grad_norm_horizon", data[f"{key}/last_step_horizon"]),
+            ("lyapunov_max", data[f"{key}/lyapunov"][:, 0]),
             ("spectral_radius", data[f"{key}/spectral_radius"]),
             ("grad_norm_first_last_ratio", data[f"{key}/first_last_ratio"]),
             ("nonfinite", data[f"{key}/nonfinite"]),
@@ -230,7 +255,7 @@ def test_tensorboard_server_serves_the_tags(run, tmp_path):
         stdout=log, stderr=subprocess.STDOUT, env=env,
     )
     scalars = {f"{p}/{s}" for p in PREFIXES.values() for s in SCALARS}
-    images = {f"{p}/grad_norm_heatmap" for p in PREFIXES.values()}
+    images = {f"{p}/{IMAGE}" for p in PREFIXES.values()}
     histograms = {f"{p}/log10_grad_norm" for p in PREFIXES.values()}
 
     def get(route):
