@@ -432,3 +432,131 @@ def test_other_backend_is_refused(monkeypatch, tmp_path):
         keras_vrnn.GradientNormCallback(
             tmp_path, (np.zeros((2, T, F)), np.zeros((2, 1)))
         )
+
+
+# ---------------------------------------------------------------------------
+# Append-only storage: the NPZ file grows in place; a log's cost is constant
+# ---------------------------------------------------------------------------
+
+
+def test_growing_npz_reads_back_with_np_load_and_zipfile(tmp_path):
+    import zipfile
+    import zlib
+
+    a, b = os.urandom(1000), os.urandom(77)
+    combined = callbacks_lib._multmodp(callbacks_lib._shift(len(b)), zlib.crc32(a))
+    assert combined ^ zlib.crc32(b) == zlib.crc32(a + b)
+    path = tmp_path / "g.npz"
+    arrays = {
+        "steps": np.array([0], np.int64), "keys": np.array(["a", "b/c"]),
+        "direct": np.asarray(False), "a/m": np.ones((1, 5)), "a/s": np.array([2.0]),
+    }
+    store = callbacks_lib._GrowingNpz(path, arrays, ["steps", "a/m", "a/s"], 4)
+    for i in range(1, 11):  # room for 4, 8, 16 rows: two rewrites
+        store.append({"steps": i, "a/m": np.arange(5.0) * i, "a/s": 3.0 * i})
+        with np.load(path) as data:
+            assert data.files == ["steps", "keys", "direct", "a/m", "a/s"]
+            np.testing.assert_array_equal(data["steps"], np.arange(i + 1))
+            assert data["steps"].dtype == np.int64
+            np.testing.assert_array_equal(data["a/m"][1:], np.outer(
+                np.arange(1, i + 1), np.arange(5.0)))
+            np.testing.assert_array_equal(data["a/s"][1:], 3.0 * np.arange(1, i + 1))
+            assert list(data["keys"]) == ["a", "b/c"] and not data["direct"]
+        with zipfile.ZipFile(path) as z:
+            assert z.testzip() is None  # every CRC-32 and size is right
+    loaded = keras_vrnn.plots.load_gradient_norms(path)
+    assert loaded["keys"] == ["a", "b/c"] and loaded["layers"]["a"]["m"].shape == (11, 5)
+
+
+def _synthetic(current):
+    """A copy of one log's measurements, as `_record` takes them."""
+    keep = ("values", "mean_norms", "last_step_mean_norms", "spectral_radius",
+            "max_singular_value", "nonfinite", "lyapunov")
+    return {key: {f: c[f] for f in keep} for key, c in current.items()}
+
+
+def test_a_log_costs_the_same_at_step_1000_as_at_step_10(tmp_path):
+    """Many synthetic logs (the measured numbers of one real log, recorded
+    again): a log at about the 1,000th costs what one at about the 10th does,
+    in time (medians) and in bytes: the NPZ file keeps its size (no rewrite
+    while the room lasts) and the CSV file grows by the same rows."""
+    x, y = make_data(n=4)
+    model = make_model(seed=4)
+    cb = keras_vrnn.GradientNormCallback(tmp_path, (x, y), every_n_batches=1)
+    cb.set_model(model)
+    recorded = []
+    original = cb._record
+    cb._record = lambda step, current: recorded.append(_synthetic(current))
+    cb._log(0)
+    cb._record = original
+    current = recorded[0]
+    npz, csv_path = tmp_path / "gradient_norms.npz", tmp_path / "gradient_norms.csv"
+
+    storage = []  # seconds spent writing the NPZ and CSV files, per log
+
+    def timed(write):
+        def run(*args, **kwargs):
+            start = time.perf_counter()
+            write(*args, **kwargs)
+            if storage:
+                storage[-1] += time.perf_counter() - start
+        return run
+
+    def timed_logs(first, count):
+        seconds, npz_sizes, csv_bytes = [], [], []
+        del storage[:]
+        for step in range(first, first + count):
+            size = csv_path.stat().st_size
+            storage.append(0.0)
+            start = time.perf_counter()
+            cb._record(step, _synthetic(current))
+            seconds.append(time.perf_counter() - start)
+            npz_sizes.append(npz.stat().st_size)
+            # One row per key and timestep; each starts with the step's digits.
+            digits = len(str(step)) * len(KEYS) * T
+            csv_bytes.append(csv_path.stat().st_size - size - digits)
+        return (np.median(seconds), np.median(storage)), npz_sizes, csv_bytes
+
+    for step in range(1, 5):  # warm-up (first summaries, first rewrites)
+        cb._record(step, _synthetic(current))
+    cb._write_csv, cb._npz.append = timed(cb._write_csv), timed(cb._npz.append)
+    early, _, early_csv = timed_logs(5, 31)  # logs 5 to 35
+    summaries = cb._write_summaries
+    cb._write_summaries = lambda step, current: None  # only to get far fast
+    for step in range(36, 1000):
+        cb._record(step, _synthetic(current))
+    cb._write_summaries = summaries
+    late, late_npz, late_csv = timed_logs(1000, 21)  # logs 1,000 to 1,020
+    print("median seconds per log (all; NPZ and CSV only): step ~10 "
+          f"{early[0]:.4f}; {early[1]:.5f}, step ~1000 {late[0]:.4f}; {late[1]:.5f}")
+    assert late[0] <= 1.5 * early[0], (early, late)
+    # The files alone take ~1 ms: 0.5 ms of slack for a loaded machine's timer.
+    assert late[1] <= 1.5 * early[1] + 5e-4, (early, late)
+    assert len(set(late_npz)) == 1  # written in place, not rewritten
+    assert len(set(early_csv + late_csv)) == 1  # the same rows appended
+    with np.load(npz) as data:
+        assert data["steps"].tolist() == list(range(1, 1021))
+        assert data["rnn/last_step_mean_norms"].shape == (1020, T)
+    assert len(cb._heatmap) == callbacks_lib.HEATMAP_LOGS
+    assert [step for step, _ in cb._heatmap] == list(range(1021 - 64, 1021))
+
+
+def test_recompiled_model_is_measured_with_its_new_loss(tmp_path):
+    x, y = make_data(n=8)
+    model = make_model(seed=5)
+    cb = keras_vrnn.GradientNormCallback(tmp_path, (x, y), every_n_batches=100)
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[cb])
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss="mae")
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[cb])
+    fresh = make_model(seed=5)
+    fresh.set_weights(model.get_weights())
+    fresh.compile(optimizer="sgd", loss="mae")
+    with np.load(tmp_path / "gradient_norms.npz") as data:
+        assert data["steps"].tolist() == [0, 1]
+        for view, last_step_only in (("", False), ("last_step_", True)):
+            expected = keras_vrnn.timestep_gradient_norms(
+                fresh, x, y, last_step_only=last_step_only)
+            for key in KEYS:
+                np.testing.assert_allclose(
+                    data[f"{key}/{view}mean_norms"][-1], expected[key].mean(0),
+                    rtol=1e-6)
