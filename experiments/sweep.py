@@ -477,3 +477,142 @@ def status_text(row):
         return f"diverged@{row['diverged_step']}"
     return row["status"] + (f": {row.get('error')}" if row["status"] == "crashed" else "")
 
+
+
+def fit_steps(model, config_dir, settings, make_train, validation_data, grad_data,
+              callbacks=(), **fit_kwargs):
+    """Trains `settings["train_steps"]` steps (batches of `batch_size` from
+    `make_train(n)`, one fixed array) in logged epochs of `steps_per_epoch`
+    steps, with `DivergenceMonitor`, TensorBoard and, when `grad_data` is
+    given, the gradient norms in `<config_dir>/logs`. Returns `(history,
+    monitor)`."""
+    from experiments import training
+
+    spe = min(settings["steps_per_epoch"], settings["train_steps"])
+    epochs = max(1, settings["train_steps"] // spe)
+    x, y = make_train(epochs * spe * settings["batch_size"])
+    monitor = training.DivergenceMonitor()
+    history = model.fit(
+        x, y, batch_size=settings["batch_size"], epochs=epochs, steps_per_epoch=spe,
+        shuffle=False, validation_data=validation_data, verbose=0, **fit_kwargs,
+        callbacks=[monitor, *callbacks, *training.logging_callbacks(
+            config_dir, grad_data, settings["grad_every_n_batches"])]).history
+    return history, monitor
+
+
+# ---------------------------------------------------------------------------
+# Reports: markdown tables and multi-panel plots from the rows
+# ---------------------------------------------------------------------------
+
+
+def finite(value):
+    """Whether a row's value is a finite number (missing ones are None)."""
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def index_rows(rows, keys):
+    """`{(row[k] for k in keys): row}`: the rows of a grid by their swept values."""
+    return {tuple(r[k] for k in keys): r for r in rows}
+
+
+def group_rows(rows, keys, order):
+    """`{(row[k] for k in keys): [rows sorted by row[order]]}`, the groups in
+    the order of the rows (configuration order)."""
+    groups = {}
+    for row in rows:
+        groups.setdefault(tuple(row[k] for k in keys), []).append(row)
+    return {key: sorted(group, key=lambda r: r[order]) for key, group in groups.items()}
+
+
+def md_table(header, lines, align):
+    """A markdown table: the `header` cells, then a line per list of cells;
+    `align` has an "l" or "r" per column."""
+    def line(cells):
+        return "| " + " | ".join(str(c) for c in cells) + " |"
+
+    return [line(header), "|" + "".join("---:|" if a == "r" else "---|" for a in align),
+            *(line(cells) for cells in lines)]
+
+
+def md_section(title, *lines):
+    """A `## title` section of a report: its lines after a blank line."""
+    return ["", f"## {title}", "", *lines]
+
+
+def configs_section(rows, columns):
+    """The report's "All configurations" table: id, status and a column per
+    entry of `columns`, a metric key or `(header, row -> text)`."""
+    columns = [c if isinstance(c, tuple) else (c, lambda r, k=c: fmt(r.get(k))) for c in columns]
+    return md_section("All configurations", *md_table(
+        ["config", "status", *(h for h, _ in columns)],
+        [[r["config_id"], status_text(r), *(f(r) for _, f in columns)] for r in rows],
+        "ll" + "r" * len(columns)))
+
+
+def md_report(title, lines):
+    """The text of results.md: `# title` and the lines."""
+    return "\n".join([f"# {title}", "", *lines]) + "\n"
+
+
+def config_profile(workdir, config_id, path, key=None, read=None):
+    """What a configuration wrote at `path` in its dir: `read(file)`, or the
+    array `key` of an NPZ file; None when the file or key is absent (a
+    configuration that crashed before writing it)."""
+    file = os.path.join(config_dir_of(str(workdir), config_id), path)
+    if not os.path.exists(file):
+        return None
+    if read is not None:
+        return read(file)
+    import numpy as np
+
+    with np.load(file) as arrays:
+        return np.asarray(arrays[key]) if key in arrays.files else None
+
+
+def plot_panels(png, row_keys, col_keys, draw, panel_size, legend_ncols=0):
+    """A figure of a panel per (row key, column key), `draw(ax, row_key,
+    col_key)` filling each, saved to `png` (returned). With `legend_ncols`,
+    one legend below all panels from the labels of the first."""
+    from matplotlib.figure import Figure
+
+    width, height = panel_size
+    fig = Figure(figsize=(width * len(col_keys), height * len(row_keys) + (0.8 if legend_ncols else 0)),
+                 layout="constrained")
+    axes = fig.subplots(len(row_keys), len(col_keys), squeeze=False)
+    for ax_row, row_key in zip(axes, row_keys):
+        for ax, col_key in zip(ax_row, col_keys):
+            draw(ax, row_key, col_key)
+    if legend_ncols:
+        handles = dict(zip(*reversed(axes[0][0].get_legend_handles_labels())))
+        fig.legend(list(handles.values()), list(handles), loc="outside lower center",
+                   ncols=legend_ncols, fontsize=8)
+    fig.savefig(png, dpi=90)
+    return png
+
+
+def steps_back_panel(ax, title, curves):
+    """Per-step profiles (one value per step, e.g. mean ||dL/dh_t||) against
+    the steps back from the last step, log y, their positive finite values:
+    `curves` is `[(profile or None, label, style)]`; one with nothing to draw
+    keeps its label in the legend (dotted, no points)."""
+    import numpy as np
+
+    for profile, label, style in curves:
+        ok = np.zeros(0, bool) if profile is None else np.isfinite(profile) & (profile > 0)
+        if ok.any():
+            ax.plot(np.arange(profile.size - 1, -1, -1)[ok], profile[ok], label=label, **style)
+            ax.set_yscale("log")
+        else:
+            ax.plot([], [], ls=":", label=label, **style)
+    ax.set(title=title, xlabel="steps back from the last step", ylabel="mean ||dL/dh_t||")
+    ax.grid(True, which="both", alpha=0.3)
+    if curves:
+        ax.legend(fontsize=7, loc="best")
+
+
+def log_log_axes(ax, ticks, **labels):
+    """Log-log axes whose x ticks are the swept values `ticks`."""
+    ax.set(xscale="log", yscale="log", **labels)
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks], fontsize=7)
+    ax.minorticks_off()
+    ax.grid(True, which="major", alpha=0.3)
