@@ -54,7 +54,7 @@ import numpy as np
 from experiments import common
 from experiments import sweep
 from experiments.common import option
-from experiments.sweep import fmt
+from experiments.sweep import finite, fmt
 
 LAYER = "rnn"
 HORIZON_THRESHOLD = 1e-3
@@ -158,10 +158,6 @@ def activation_derivative_stats(x, kernel, recurrent_kernel, bias, activation):
     return (mean_abs, rms) if math.isfinite(mean_abs + rms) else (math.nan, math.nan)
 
 
-def _finite(value):
-    return isinstance(value, (int, float)) and math.isfinite(value)
-
-
 def measure(model, x, y, activation):
     """`(metrics, profiles)` of the model's `rnn` layer: the scalars above
     and the arrays `mean_norms` and `jacobian_norms` (one value per step)."""
@@ -255,12 +251,11 @@ def get_model(activation, T, units, learning_rate, clipnorm):
 def run_config(params, config_dir, settings):
     """Measures one (gain, activation, T); returns its metrics with status
     "diverged" and the step where inf/NaN appeared."""
-    from experiments import training
-
     s, (gain, activation, T) = settings, (params["gain"], params["activation"], params["T"])
     logging.getLogger("tensorflow").setLevel(logging.ERROR)  # retracing notes
-    x_eval, y_eval = make_task(s["eval_samples"], T, s["seed"] + 1, s["input_scale"],
-                               s["target_steps"])
+    task = functools.partial(make_task, T=T, input_scale=s["input_scale"],
+                             target_steps=s["target_steps"])
+    x_eval, y_eval = task(s["eval_samples"], seed=s["seed"] + 1)
     model = get_model(activation, T, s["units"], s["learning_rate"], s["clipnorm"])
     initialize(model, gain, s["seed"], s["learning_rate"])
     init, profiles = measure(model, x_eval, y_eval, activation)
@@ -270,16 +265,9 @@ def run_config(params, config_dir, settings):
     if not init["finite"]:
         status, step, phase = "diverged", 0, "init"
     elif s["train_steps"] > 0:
-        spe = min(s["steps_per_epoch"], s["train_steps"])
-        epochs = max(1, s["train_steps"] // spe)
-        x, y = make_task(epochs * spe * s["batch_size"], T, s["seed"] + 2, s["input_scale"],
-                         s["target_steps"])
-        monitor = training.DivergenceMonitor()
-        history = model.fit(x, y, batch_size=s["batch_size"], epochs=epochs,
-                            steps_per_epoch=spe, shuffle=False,
-                            validation_data=(x_eval, y_eval), verbose=0,
-                            callbacks=[monitor, *training.logging_callbacks(
-                                config_dir, (x_eval, y_eval), s["grad_every_n_batches"])]).history
+        history, monitor = sweep.fit_steps(
+            model, config_dir, s, lambda n: task(n, seed=s["seed"] + 2), (x_eval, y_eval),
+            (x_eval, y_eval))
         result["train_steps_done"] = monitor.steps_done
         if monitor.diverged is not None:
             status, step, phase = "diverged", monitor.diverged["step"] + 1, "train"
@@ -287,8 +275,8 @@ def run_config(params, config_dir, settings):
             trained, more = measure(model, x_eval, y_eval, activation)
             result.update({f"trained_{k}": v for k, v in trained.items()})
             profiles.update({f"trained_{k}": v for k, v in more.items()})
-            result["final_train_loss"] = history["loss"][-1]
-            result["final_eval_loss"] = history["val_loss"][-1]
+            result.update(final_train_loss=history["loss"][-1],
+                          final_eval_loss=history["val_loss"][-1])
             if not trained["finite"]:
                 status, step, phase = "diverged", monitor.steps_done, "trained-gradients"
     result["target_variance"] = float(np.var(y_eval))  # the trivial predictor's loss
@@ -307,11 +295,12 @@ def configurations(config):
 METRIC_NAMES = ("init_factor", "init_theory", "init_theory_rms", "init_jacobian_factor",
                 "init_horizon", "init_mean_abs_dact", "trained_factor", "trained_theory",
                 "trained_spectral_radius", "trained_horizon", "final_eval_loss")
+GRID = ("T", "activation", "gain")
 
 
 def crossing_gain(gains, factors):
     """The gain where log(factor) crosses 0, interpolated in log-log, or None."""
-    points = [(g, f) for g, f in zip(gains, factors) if _finite(f) and f > 0]
+    points = [(g, f) for g, f in zip(gains, factors) if finite(f) and f > 0]
     for (g0, f0), (g1, f1) in zip(points, points[1:]):
         l0, l1 = math.log(f0), math.log(f1)
         if l0 == 0:
@@ -321,71 +310,56 @@ def crossing_gain(gains, factors):
     return None
 
 
-def _row_factor(row, phase):
-    """The phase's measured factor; where float32 overflowed at init, the
-    float64 Jacobian factor stands in."""
-    if _finite(row.get(f"{phase}_factor")):
-        return row[f"{phase}_factor"]
-    if phase == "init" and row.get("diverged_phase") == "init":
-        return row.get("init_jacobian_factor")
-    return None
+def _overflowed(row):
+    """Whether float32 overflowed at initialisation (the float64 Jacobian
+    factor then stands in for the measured one)."""
+    return row.get("diverged_phase") == "init"
 
 
-def summarize(rows, config):
+def summarize(rows):
     """Per (T, activation): max factors, the gain where the factor crosses 1,
     and the median relative error of the theories."""
     out = []
-    for T in config.length_list():
-        for activation in config.activation_list():
-            sel = sorted((r for r in rows if r["T"] == T and r["activation"] == activation),
-                         key=lambda r: r["gain"])
-            if not sel:
-                continue
-            entry = {"T": T, "activation": activation}
-            for phase, _ in PHASES:
-                factors = [_row_factor(r, phase) for r in sel]
-                entry[f"{phase}_max_factor"] = max([f for f in factors if _finite(f)], default=None)
-                entry[f"{phase}_crossing_gain"] = crossing_gain([r["gain"] for r in sel], factors)
-                for theory in ("theory", "theory_rms"):
-                    errors = [abs(r[f"{phase}_factor"] / r[f"{phase}_{theory}"] - 1) for r in sel
-                              if _finite(r.get(f"{phase}_factor"))
-                              and _finite(r.get(f"{phase}_{theory}")) and r[f"{phase}_{theory}"] > 0]
-                    entry[f"{phase}_{theory}_median_rel_err"] = (
-                        float(np.median(errors)) if errors else None)
-            entry["diverged"] = [{"gain": r["gain"], "step": r.get("diverged_step"),
-                                  "phase": r.get("diverged_phase")}
-                                 for r in sel if r["status"] == "diverged"]
-            entry["crashed"] = [r["gain"] for r in sel if r["status"] == "crashed"]
-            out.append(entry)
+    for (T, activation), sel in sweep.group_rows(rows, ("T", "activation"), "gain").items():
+        entry = {"T": T, "activation": activation}
+        for phase, _ in PHASES:
+            factors = [r[f"{phase}_factor"] if finite(r.get(f"{phase}_factor")) else
+                       r.get("init_jacobian_factor") if phase == "init" and _overflowed(r)
+                       else None for r in sel]
+            entry[f"{phase}_max_factor"] = max(filter(finite, factors), default=None)
+            entry[f"{phase}_crossing_gain"] = crossing_gain([r["gain"] for r in sel], factors)
+            for theory in ("theory", "theory_rms"):
+                pairs = [(r.get(f"{phase}_factor"), r.get(f"{phase}_{theory}")) for r in sel]
+                errors = [abs(f / t - 1) for f, t in pairs if finite(f) and finite(t) and t > 0]
+                entry[f"{phase}_{theory}_median_rel_err"] = (
+                    float(np.median(errors)) if errors else None)
+        entry["diverged"] = [{"gain": r["gain"], "step": r.get("diverged_step"),
+                              "phase": r.get("diverged_phase")}
+                             for r in sel if r["status"] == "diverged"]
+        entry["crashed"] = [r["gain"] for r in sel if r["status"] == "crashed"]
+        out.append(entry)
     return out
 
 
 def _cell(row, phase, activation):
     """A factor-table cell: measured / theory [/ rms theory], or what happened."""
-    if row is None:
-        return ""
-    if row["status"] == "crashed":
-        return "crashed"
-    if not _finite(row.get(f"{phase}_factor")):
-        if phase == "init" and row.get("diverged_phase") == "init":
+    if row is None or row["status"] == "crashed":
+        return "" if row is None else "crashed"
+    factor, theory, rms = (row.get(f"{phase}_{k}") for k in ("factor", "theory", "theory_rms"))
+    if not finite(factor):
+        if phase == "init" and _overflowed(row):
             jac = row.get("init_jacobian_factor")
-            return "overflow@0" + (f" (jac {fmt(jac)})" if _finite(jac) else "")
-        return f"diverged@{row.get('diverged_step')}" if row["status"] == "diverged" else "–"
-    text, theory, rms = fmt(row[f"{phase}_factor"]), row.get(f"{phase}_theory"), row.get(
-        f"{phase}_theory_rms")
-    if _finite(theory):
-        text += f" / {fmt(theory)}"
-        if activation in ("relu", "tanh") and _finite(rms):
-            text += f" [{fmt(rms)}]"
-    return text
+            return "overflow@0" + (f" (jac {fmt(jac)})" if finite(jac) else "")
+        return sweep.status_text(row) if row["status"] == "diverged" else "–"
+    rms_text = f" [{fmt(rms)}]" if activation in ("relu", "tanh") and finite(rms) else ""
+    return fmt(factor) + (f" / {fmt(theory)}{rms_text}" if finite(theory) else "")
 
 
 def markdown(results, config):
     """results.md: a factor table per length and phase, the summary, all rows."""
-    rows, summary, activations = results["rows"], results["summary"], config.activation_list()
-    by_key = {(r["T"], r["activation"], r["gain"]): r for r in rows}
+    rows, activations = results["rows"], config.activation_list()
+    by_key = sweep.index_rows(rows, GRID)
     lines = [
-        "# Gradient dynamics of vanilla RNNs", "",
         f"{sweep.counts_line(results)} Units {config.units}, {config.train_steps} Adam steps (lr "
         f"{config.learning_rate:g}, batch {config.batch_size}), loss (MSE) at the last step "
         f"only, gradients measured on {config.eval_samples} sequences.", "",
@@ -395,136 +369,103 @@ def markdown(results, config):
         "training loss inf/NaN at step k."]
     for T in config.length_list():
         for phase, title in PHASES:
-            lines += ["", f"## T = {T}, {title}", "", "| gain | " + " | ".join(activations) + " |",
-                      "|---:|" + "---|" * len(activations)]
-            lines += [f"| {g:g} | " + " | ".join(_cell(by_key.get((T, a, g)), phase, a)
-                                                  for a in activations) + " |"
-                      for g in config.gain_list()]
-    lines += ["", "## Summary per activation and length", "",
-              "Max factor and crossing gain at init include the float64 Jacobian factor of "
-              "configurations that overflowed float32.", "",
-              "| T | activation | max factor init | factor = 1 at gain (init) | max factor "
-              "trained | median rel. err. theory mean / rms (init) | diverged |",
-              "|---:|---|---:|---:|---:|---:|---|"]
-    lines += [f"| {e['T']} | {e['activation']} | {fmt(e['init_max_factor'])} | "
-              f"{fmt(e['init_crossing_gain'])} | {fmt(e['trained_max_factor'])} | "
-              f"{fmt(e['init_theory_median_rel_err'], 2)} / "
-              f"{fmt(e['init_theory_rms_median_rel_err'], 2)} | "
-              + (", ".join(f"g={d['gain']:g}@{d['step']}" for d in e["diverged"]) or "none") + " |"
-              for e in summary]
-    keys = ("init_factor", "init_jacobian_factor", "init_theory", "init_mean_abs_dact",
-            "init_horizon", "trained_factor", "trained_spectral_radius",
-            "trained_mean_abs_dact", "trained_horizon")
-    lines += ["", "## All configurations", "",
-              "| config | status | " + " | ".join(keys) + " | eval loss (var y) | s |",
-              "|---|---|" + "---:|" * (len(keys) + 2)]
-    lines += [f"| {r['config_id']} | {sweep.status_text(r)} | "
-              + " | ".join(fmt(r.get(k)) for k in keys)
-              + f" | {fmt(r.get('final_eval_loss'))} ({fmt(r.get('target_variance'))}) | "
-              f"{fmt(r.get('wall_s'), 2)} |" for r in rows]
-    return "\n".join(lines) + "\n"
+            lines += sweep.md_section(f"T = {T}, {title}", *sweep.md_table(
+                ["gain", *activations],
+                [[f"{g:g}", *(_cell(by_key.get((T, a, g)), phase, a) for a in activations)]
+                 for g in config.gain_list()], "r" + "l" * len(activations)))
+    lines += sweep.md_section(
+        "Summary per activation and length", "Max factor and crossing gain at init include "
+        "the float64 Jacobian factor of configurations that overflowed float32.", "",
+        *sweep.md_table(
+            ["T", "activation", "max factor init", "factor = 1 at gain (init)",
+             "max factor trained", "median rel. err. theory mean / rms (init)", "diverged"],
+            [[e["T"], e["activation"], fmt(e["init_max_factor"]), fmt(e["init_crossing_gain"]),
+              fmt(e["trained_max_factor"]), f"{fmt(e['init_theory_median_rel_err'], 2)} / "
+              f"{fmt(e['init_theory_rms_median_rel_err'], 2)}",
+              ", ".join(f"g={d['gain']:g}@{d['step']}" for d in e["diverged"]) or "none"]
+             for e in results["summary"]], "rlrrrrl"))
+    lines += sweep.configs_section(rows, [
+        "init_factor", "init_jacobian_factor", "init_theory", "init_mean_abs_dact",
+        "init_horizon", "trained_factor", "trained_spectral_radius", "trained_mean_abs_dact",
+        "trained_horizon", ("eval loss (var y)", lambda r: f"{fmt(r.get('final_eval_loss'))} "
+                                                       f"({fmt(r.get('target_variance'))})"),
+        ("s", lambda r: fmt(r.get("wall_s"), 2))])
+    return sweep.md_report("Gradient dynamics of vanilla RNNs", lines)
 
 
-def _norms_label(row, profile, phase, gain):
-    """The legend label of one curve, and whether there is a curve to draw."""
+def _norms_curve(row, profile, phase, gain):
+    """`(profile or None, label)`: one curve of the norms plot, None where
+    nothing can be drawn (the label says why)."""
     label = f"g={gain:g}"
+    if row["status"] == "crashed":
+        return None, label + " (crashed)"
     if profile is None or not np.all(np.isfinite(profile)):
-        if row["status"] == "diverged":
-            jac = row.get("init_jacobian_factor")
-            label += f" (diverged@{row.get('diverged_step')}" + (
-                f"; float64 Jacobian ×{jac:.3g}/step" if row.get("diverged_phase") == "init"
-                and _finite(jac) else "") + ")"
-        return label + (" (crashed)" if row["status"] == "crashed" else ""), False
+        if row["status"] != "diverged":
+            return None, label
+        jac = row.get("init_jacobian_factor")
+        jac = f"; float64 Jacobian ×{jac:.3g}/step" if _overflowed(row) and finite(jac) else ""
+        return None, f"{label} ({sweep.status_text(row)}{jac})"
     if not (profile > 0).any():
-        return label + " (all 0)", False
-    if _finite(row.get(f"{phase}_factor")):
+        return None, label + " (all 0)"
+    if finite(row.get(f"{phase}_factor")):
         label += f", ×{row[f'{phase}_factor']:.3g}/step"
-    return label + ("" if (profile > 0).all() else " (→0: underflow)"), True
-
-
-def _profile(workdir, config_id, key):
-    path = os.path.join(sweep.config_dir_of(str(workdir), config_id), "norms.npz")
-    if not os.path.exists(path):
-        return None
-    with np.load(path) as profiles:
-        return np.asarray(profiles[key]) if key in profiles.files else None
+    return profile, label + ("" if (profile > 0).all() else " (→0: underflow)")
 
 
 def plot_norms(rows, workdir, config, T, png):
     """Mean ||dL/dh_t|| vs steps back: init and trained rows, a panel per
     activation, a curve per gain."""
     from matplotlib import colormaps
-    from matplotlib.figure import Figure
 
-    activations, gains = config.activation_list(), config.gain_list()
+    gains, by_key = config.gain_list(), sweep.index_rows(rows, GRID)
     lg = np.log(gains)
-    fig = Figure(figsize=(4.0 * len(activations), 7.2), layout="constrained")
-    axes = fig.subplots(2, len(activations), squeeze=False)
-    for i, (phase, title) in enumerate(PHASES):
-        for ax, activation in zip(axes[i], activations):
-            for gain in gains:
-                row = next((r for r in rows if (r["T"], r["activation"], r["gain"])
-                            == (T, activation, gain)), None)
-                if row is None:
-                    continue
-                profile = _profile(workdir, row["config_id"], f"{phase}_mean_norms")
+
+    def draw(ax, phase_title, activation):
+        (phase, title), curves = phase_title, []
+        for gain in gains:
+            row = by_key.get((T, activation, gain))
+            if row is not None:
+                profile, label = _norms_curve(row, sweep.config_profile(
+                    workdir, row["config_id"], "norms.npz", f"{phase}_mean_norms"), phase, gain)
                 color = colormaps["viridis"](0.9 * (math.log(gain) - lg.min())
                                              / ((lg.max() - lg.min()) or 1.0))
-                label, draw = _norms_label(row, profile, phase, gain)
-                if draw:
-                    ok = profile > 0
-                    ax.plot(np.arange(profile.size - 1, -1, -1)[ok], profile[ok], color=color,
-                            lw=1.3, label=label)
-                    ax.set_yscale("log")
-                else:
-                    ax.plot([], [], color=color, ls=":", label=label)
-            ax.set(title=f"{activation}, T={T}, {title}", xlabel="steps back from the last step",
-                   ylabel="mean ||dL/dh_t||")
-            ax.grid(True, which="both", alpha=0.3)
-            ax.legend(fontsize=7, loc="best")
-    fig.savefig(png, dpi=90)
-    return png
+                curves.append((profile, label, dict(color=color, lw=1.3)))
+        sweep.steps_back_panel(ax, f"{activation}, T={T}, {title}", curves)
+
+    return sweep.plot_panels(png, PHASES, config.activation_list(), draw, (4.0, 3.6))
+
+
+FACTOR_STYLES = {  # metric: legend label, line style
+    "init_theory": ("theory ρ·mean|act'| (init)", dict(color="C0", lw=1.5)),
+    "init_theory_rms": ("ρ·rms act' (init)", dict(color="C0", ls=":", lw=1.5)),
+    "trained_theory": ("theory (trained)", dict(color="C3", lw=1.0, alpha=0.6)),
+    "init_factor": ("measured (init)", dict(color="C0", marker="o", ls="none")),
+    "trained_factor": ("measured (trained)", dict(color="C3", marker="x", ls="none")),
+    "init_jacobian_factor": ("float64 Jacobian (float32 overflow)",
+                             dict(color="C1", marker="^", ls="none"))}
 
 
 def plot_factors(rows, config, png):
     """Fitted factor vs gain (log-log), measured and theory, and factor = 1."""
-    from matplotlib.figure import Figure
+    gains, groups = config.gain_list(), sweep.group_rows(rows, ("T", "activation"), "gain")
 
-    activations, lengths = config.activation_list(), config.length_list()
-    gains = np.asarray(config.gain_list())
-    fig = Figure(figsize=(4.0 * len(activations), 3.6 * len(lengths) + 0.8), layout="constrained")
-    axes = fig.subplots(len(lengths), len(activations), squeeze=False)
-    styles = {"init_theory": ("theory ρ·mean|act'| (init)", dict(color="C0", lw=1.5)),
-              "init_theory_rms": ("ρ·rms act' (init)", dict(color="C0", ls=":", lw=1.5)),
-              "trained_theory": ("theory (trained)", dict(color="C3", lw=1.0, alpha=0.6)),
-              "init_factor": ("measured (init)", dict(color="C0", marker="o", ls="none")),
-              "trained_factor": ("measured (trained)", dict(color="C3", marker="x", ls="none")),
-              "init_jacobian_factor": ("float64 Jacobian (float32 overflow)",
-                                       dict(color="C1", marker="^", ls="none"))}
-    for ax_row, T in zip(axes, lengths):
-        for ax, activation in zip(ax_row, activations):
-            sel = sorted((r for r in rows if r["T"] == T and r["activation"] == activation),
-                         key=lambda r: r["gain"])
-            ax.axhline(1.0, color="k", lw=1, ls="--", label="factor = 1")
-            ax.plot(gains, gains, color="0.6", lw=1, label="rho (linear)")
-            for key, (label, style) in styles.items():
-                pts = [(r["gain"], r[key]) for r in sel if _finite(r.get(key)) and (
-                    key != "init_jacobian_factor" or r.get("diverged_phase") == "init")]
-                if pts:
-                    ax.plot(*zip(*pts), label=label, **style)
-            for r in sel:
-                if r["status"] == "diverged" and r.get("diverged_phase") != "init":
-                    ax.axvline(r["gain"], color="C3", lw=0.8, alpha=0.3)
-            ax.set(xscale="log", yscale="log", title=f"{activation}, T={T}",
-                   xlabel="recurrent gain g (= spectral radius at init)", ylabel="per-step factor")
-            ax.set_xticks(gains, [f"{g:g}" for g in gains], fontsize=7)
-            ax.minorticks_off()
-            ax.grid(True, which="major", alpha=0.3)
-    handles = dict(zip(*reversed(axes[0][0].get_legend_handles_labels())))
-    fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=4,
-               fontsize=8)
-    fig.savefig(png, dpi=90)
-    return png
+    def draw(ax, T, activation):
+        sel = groups.get((T, activation), [])
+        ax.axhline(1.0, color="k", lw=1, ls="--", label="factor = 1")
+        ax.plot(gains, gains, color="0.6", lw=1, label="rho (linear)")
+        for key, (label, style) in FACTOR_STYLES.items():
+            pts = [(r["gain"], r[key]) for r in sel if finite(r.get(key))
+                   and (key != "init_jacobian_factor" or _overflowed(r))]
+            if pts:
+                ax.plot(*zip(*pts), label=label, **style)
+        for r in sel:
+            if r["status"] == "diverged" and not _overflowed(r):
+                ax.axvline(r["gain"], color="C3", lw=0.8, alpha=0.3)
+        sweep.log_log_axes(ax, gains, title=f"{activation}, T={T}", ylabel="per-step factor",
+                           xlabel="recurrent gain g (= spectral radius at init)")
+
+    return sweep.plot_panels(png, config.length_list(), config.activation_list(), draw,
+                             (4.0, 3.6), legend_ncols=4)
 
 
 def train_and_evaluate(config, workdir):
@@ -532,13 +473,12 @@ def train_and_evaluate(config, workdir):
     start = time.perf_counter()
     records = config.sweep(workdir, configurations(config), functools.partial(
         run_config, settings=config.fixed_settings()), METRIC_NAMES)
-    rows = sweep.rows_of(records)
-    plots = common.plots_dir(workdir)
+    rows, plots = sweep.rows_of(records), common.plots_dir(workdir)
     pngs = [str(plot_norms(rows, workdir, config, T, plots / f"norms_vs_steps_back_T{T}.png"))
             for T in config.length_list()]
     pngs.append(str(plot_factors(rows, config, plots / "factor_vs_gain.png")))
     results = sweep.results_of("dynamics", records, time.perf_counter() - start,
-                               summary=summarize(rows, config), plots=pngs)
+                               summary=summarize(rows), plots=pngs)
     return sweep.save_report(workdir, results, markdown(results, config), config.verbose)
 
 
