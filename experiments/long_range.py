@@ -196,7 +196,6 @@ def run_config(params, config_dir, settings):
     """Trains and evaluates one (task, T, model); see the module doc."""
     import keras
 
-    from experiments import training
     from keras_vrnn import diagnostics
 
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
@@ -205,22 +204,17 @@ def run_config(params, config_dir, settings):
     keras.utils.set_random_seed(s["seed"])
     # The same data for every model of one (task, T).
     base = s["seed"] * 1_000_003 + T * 101 + (0 if task == "adding" else 50)
-    spe = min(s["steps_per_epoch"], s["train_steps"])
-    epochs = max(1, s["train_steps"] // spe)
-    x_train, y_train = make_data(task, epochs * spe * s["batch_size"], T, base + 1, s)
     x_val, y_val = make_data(task, s["validation_samples"], T, base + 2, s)
     x_test, y_test = make_data(task, s["test_samples"], T, base + 3, s)
     model = build_model(task, T, model_name, s, s["seed"])
     vanilla = bool(diagnostics.rnn_layers(model))  # the LSTM has no layer to probe
-    monitor = training.DivergenceMonitor()
-    best = keras.callbacks.EarlyStopping(patience=epochs + 1, restore_best_weights=True)
     start = time.perf_counter()
-    history = model.fit(
-        x_train, y_train, batch_size=s["batch_size"], epochs=epochs, steps_per_epoch=spe,
-        shuffle=False, validation_data=(x_val, y_val), validation_batch_size=256, verbose=0,
-        callbacks=[monitor, best, *training.logging_callbacks(
-            config_dir, (x_val[:s["grad_samples"]], y_val[:s["grad_samples"]]) if vanilla
-            else None, s["grad_every_n_batches"])]).history
+    # Patience beyond the last epoch: no early stop, the best weights restored.
+    history, monitor = sweep.fit_steps(
+        model, config_dir, s, lambda n: make_data(task, n, T, base + 1, s), (x_val, y_val),
+        (x_val[:s["grad_samples"]], y_val[:s["grad_samples"]]) if vanilla else None,
+        [keras.callbacks.EarlyStopping(patience=s["train_steps"] + 1, restore_best_weights=True)],
+        validation_batch_size=256)
     result = {"baseline": baseline(task, T, s), "train_steps_done": monitor.steps_done,
               "train_s": time.perf_counter() - start,
               "best_epoch": common.best_epoch(history),
@@ -239,8 +233,13 @@ def run_config(params, config_dir, settings):
             "solved": metric < s["solved_fraction"] * result["baseline"]}
 
 
+GRID = ("task", "T", "model")
+TITLES = {"adding": ("Adding problem", "test MSE"),
+          "copy": ("Copy memory", "test cross-entropy, nats/step")}
+
+
 def configurations(config):
-    return [(sweep.make_config_id(p, ["task", "T", "model"], {"task": "", "T": "T", "model": ""}), p)
+    return [(sweep.make_config_id(p, GRID, {"task": "", "T": "T", "model": ""}), p)
             for task, lengths in config.tasks() for T in lengths
             for p in ({"task": task, "T": T, "model": m} for m in config.model_list())]
 
@@ -251,102 +250,82 @@ def _cell(row):
     text = fmt(row.get("metric"))
     text += f" (diverged@{row.get('diverged_step')})" if row["status"] == "diverged" else ""
     text = f"**{text}**" if row.get("solved") else text
-    return text + (f" h={int(row['grad_horizon_end'])}" if row.get("grad_horizon_end") is not None else "")
+    horizon = row.get("grad_horizon_end")
+    return text + (f" h={int(horizon)}" if horizon is not None else "")
 
 
 def markdown(results, config):
     """results.md: the metric vs T per model and task, and every row."""
     rows, models, settings = results["rows"], config.model_list(), config.fixed_settings()
     lines = [
-        "# Long-range memory: vanilla RNNs vs LSTM", "",
-        f"{sweep.counts_line(results)} {config.train_steps} Adam steps x batch {config.batch_size}, {config.units} units, "
-        f"test on {config.test_samples} sequences.", "",
+        f"{sweep.counts_line(results)} {config.train_steps} Adam steps x batch "
+        f"{config.batch_size}, {config.units} units, test on {config.test_samples} sequences.",
+        "",
         f"Cells: test metric (bold: solved, below {config.solved_fraction:g} x baseline); "
         "`h=`: effective gradient horizon at the end of training (steps back until mean "
         "||dL/dh_t|| falls to 1e-3 of its last-step value; = sequence length: never), "
         "VanillaRNN models only. It is meaningful for the adding problem (loss at the last "
         "step only); copy memory has a loss at every step, so its h is mostly the whole "
         "sequence (T + 2 x copy_len)."]
-    titles = {"adding": "Adding problem (test MSE)",
-              "copy": "Copy memory (test cross-entropy, nats/step)"}
-    by_key = {(r["task"], r["T"], r["model"]): r for r in rows}
+    by_key = sweep.index_rows(rows, GRID)
     for task, lengths in config.tasks():
-        lines += ["", f"## {titles[task]}", "", "| T | baseline | " + " | ".join(models) + " |",
-                  "|---:|---:|" + "---|" * len(models)]
-        lines += [f"| {T} | {fmt(baseline(task, T, settings), 4)} | "
-                  + " | ".join(_cell(by_key.get((task, T, m))) for m in models) + " |"
-                  for T in lengths]
-    keys = ("metric", "baseline", "metric_ratio", "grad_factor_start", "grad_factor_end",
-            "grad_horizon_start", "grad_horizon_end", "spectral_radius_end", "best_epoch",
-            "train_s", "wall_s")
-    lines += ["", "## All configurations", "", "| config | status | " + " | ".join(keys) + " |",
-              "|---|---|" + "---:|" * len(keys)]
-    lines += [f"| {r['config_id']} | {sweep.status_text(r)} | "
-              + " | ".join(fmt(r.get(k)) for k in keys) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
+        lines += sweep.md_section("{} ({})".format(*TITLES[task]), *sweep.md_table(
+            ["T", "baseline", *models],
+            [[T, fmt(baseline(task, T, settings), 4), *(_cell(by_key.get((task, T, m)))
+                                                       for m in models)] for T in lengths],
+            "rr" + "l" * len(models)))
+    lines += sweep.configs_section(rows, (
+        "metric", "baseline", "metric_ratio", "grad_factor_start", "grad_factor_end",
+        "grad_horizon_start", "grad_horizon_end", "spectral_radius_end", "best_epoch",
+        "train_s", "wall_s"))
+    return sweep.md_report("Long-range memory: vanilla RNNs vs LSTM", lines)
 
 
 def plot_metrics(rows, config, png):
     """Test metric vs T per model, with the task's baseline."""
-    from matplotlib.figure import Figure
+    settings, groups = config.fixed_settings(), sweep.group_rows(rows, ("task", "model"), "T")
 
-    panels, settings = config.tasks(), config.fixed_settings()
-    fig = Figure(figsize=(5.5 * len(panels), 4.2), layout="constrained")
-    for ax, (task, lengths) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels):
+    def draw(ax, _, panel):
+        task, lengths = panel
         ax.plot(lengths, [baseline(task, T, settings) for T in lengths], "k--", lw=1.2,
                 label="baseline (no memory)")
         for i, m in enumerate(config.model_list()):
-            sel = sorted((r for r in rows if r["task"] == task and r["model"] == m
-                          and r.get("metric") is not None), key=lambda r: r["T"])
+            sel = [r for r in groups.get((task, m), []) if r.get("metric") is not None]
             if sel:
                 ax.plot([r["T"] for r in sel], [r["metric"] for r in sel], "-o", color=f"C{i}",
                         label=m)
-        ax.set(xscale="log", yscale="log", xlabel="T (steps to remember across)",
-               ylabel="test MSE" if task == "adding" else "test cross-entropy (nats/step)",
-               title="Adding problem" if task == "adding" else "Copy memory")
-        ax.set_xticks(lengths, [str(t) for t in lengths])
-        ax.minorticks_off()
-        ax.grid(True, which="both", alpha=0.3)
+        sweep.log_log_axes(ax, lengths, xlabel="T (steps to remember across)",
+                           ylabel=TITLES[task][1], title=TITLES[task][0])
         ax.legend(fontsize=8)
-    fig.savefig(png, dpi=90)
-    return png
+
+    return sweep.plot_panels(png, [None], config.tasks(), draw, (5.5, 4.2))
+
+
+def _last_mean_norms(npz):
+    from keras_vrnn import plots
+
+    logs = plots.load_gradient_norms(npz)
+    return logs["layers"][logs["keys"][0]]["mean_norms"][-1]
 
 
 def plot_final_gradients(rows, workdir, config, png):
     """Mean ||dL/dh_t|| vs steps back at the end of training, a panel per
     task and VanillaRNN model, a curve per T (None without such models)."""
-    from matplotlib.figure import Figure
+    models, by_key = [m for m in config.model_list() if m != "lstm"], sweep.index_rows(rows, GRID)
 
-    from keras_vrnn import plots
+    def draw(ax, panel, m):
+        (task, lengths), curves = panel, []
+        for k, T in enumerate(lengths):
+            row = by_key.get((task, T, m))
+            profile = row and sweep.config_profile(
+                workdir, row["config_id"], os.path.join(common.LOGS_DIR, "gradient_norms.npz"),
+                read=_last_mean_norms)
+            if profile is not None:
+                label = f"T={T}" + (f" ({fmt(row['metric'])})" if row.get("metric") else "")
+                curves.append((profile, label, dict(color=f"C{k}")))
+        sweep.steps_back_panel(ax, f"{task}: {m}, end of training", curves)
 
-    models, panels = [m for m in config.model_list() if m != "lstm"], config.tasks()
-    if not models:
-        return None
-    fig = Figure(figsize=(4.2 * len(models), 3.6 * len(panels)), layout="constrained")
-    axes = fig.subplots(len(panels), len(models), squeeze=False)
-    by_key = {(r["task"], r["T"], r["model"]): r for r in rows}
-    for ax_row, (task, lengths) in zip(axes, panels):
-        for ax, m in zip(ax_row, models):
-            for k, T in enumerate(lengths):
-                row = by_key.get((task, T, m))
-                npz = row and os.path.join(sweep.config_dir_of(str(workdir), row["config_id"]),
-                                           common.LOGS_DIR, "gradient_norms.npz")
-                if not npz or not os.path.exists(npz):
-                    continue
-                logs = plots.load_gradient_norms(npz)
-                mean = logs["layers"][logs["keys"][0]]["mean_norms"][-1]
-                ok = np.isfinite(mean) & (mean > 0)
-                if ok.any():
-                    label = f"T={T}" + (f" ({fmt(row['metric'])})" if row.get("metric") else "")
-                    ax.plot(np.arange(mean.size - 1, -1, -1)[ok], mean[ok], color=f"C{k}",
-                            label=label)
-                    ax.set_yscale("log")
-                    ax.legend(fontsize=7)
-            ax.set(title=f"{task}: {m}, end of training", xlabel="steps back from the last step",
-                   ylabel="mean ||dL/dh_t||")
-            ax.grid(True, which="both", alpha=0.3)
-    fig.savefig(png, dpi=90)
-    return png
+    return sweep.plot_panels(png, config.tasks(), models, draw, (4.2, 3.6)) if models else None
 
 
 def train_and_evaluate(config, workdir):

@@ -576,8 +576,8 @@ def plot_panels(png, row_keys, col_keys, draw, panel_size, legend_ncols=0):
     from matplotlib.figure import Figure
 
     width, height = panel_size
-    fig = Figure(figsize=(width * len(col_keys), height * len(row_keys) + (0.8 if legend_ncols else 0)),
-                 layout="constrained")
+    fig = Figure(figsize=(width * len(col_keys),
+                          height * len(row_keys) + (0.8 if legend_ncols else 0)), layout="constrained")
     axes = fig.subplots(len(row_keys), len(col_keys), squeeze=False)
     for ax_row, row_key in zip(axes, row_keys):
         for ax, col_key in zip(ax_row, col_keys):
