@@ -12,33 +12,29 @@ that factor and checks the theory.
         --lengths 100 --run_name quick
     python -m experiments.dynamics --help               # every setting
 
-The defaults cost about 7 minutes of CPU time. Each (activation, T) compiles
-one model, reused for all gains of that row in a process.
+The defaults cost about 7 minutes of CPU time; a process compiles one model
+per (activation, T) and reuses it for every gain.
 
-Configurations: every recurrent gain g x activation x length T. W_hh starts
-as `ScaledOrthogonal(gain=g)` (spectral radius exactly g), the input kernel
-Glorot-uniform, the bias zero. Inputs are N(0, `input_scale`^2), one feature
-per step; the target is the mean of the first `target_steps` inputs, the MSE
-loss sits at the last step only, so `||dL/dh_t||` against the steps back is
-pure backward propagation through the recurrence.
+A configuration is a recurrent gain g, an activation and a length T: W_hh =
+`ScaledOrthogonal(gain=g)` (spectral radius exactly g), Glorot-uniform input
+kernel, zero bias; inputs N(0, `input_scale`^2), one feature per step; the
+target is the mean of the first `target_steps` inputs and the MSE loss sits
+at the last step only, so `||dL/dh_t||` against the steps back is pure
+backward propagation through the recurrence.
 
-Measured at initialisation and after `train_steps` Adam steps on fixed
-`eval_samples` sequences: `||dL/dh_t||` (`keras_vrnn.timestep_gradient_norms`),
-the fitted per-step `factor` (`fit_decay_factor`), the `horizon`
-(`effective_horizon`: steps back until the mean norm is 1e-3 of its last-step
-value), the theory `rho * mean|act'(z)|` and `rho * rms act'(z)` (which an
+Measured on `eval_samples` fixed sequences at initialisation and after
+`train_steps` Adam steps: `||dL/dh_t||` and its fitted per-step `factor`, the
+`horizon` (steps back until the mean norm is 1e-3 of its last-step value),
+the theories `rho * mean|act'(z)|` and `rho * rms act'(z)` (which an
 orthogonal W_hh follows for relu) from the float64 forward trajectory, and
 the float64 `jacobian_factor` of `||dh_T/dh_t||` (finite where float32
-overflows). A configuration whose forward pass or gradients overflow at
-initialisation is "diverged" at step 0 (not trained); one whose training
-loss or weights become inf/NaN stops and is "diverged" at that (1-based)
-step. The sweep goes on.
+overflows). Overflow at initialisation is "diverged" at step 0 (not
+trained); inf/NaN in training stops it, "diverged" at that (1-based) step.
 
 Outputs (`runs/dynamics/<run_name>/`, see `experiments.sweep`): results.json
-(a row per configuration, summaries per activation and length), results.md,
-plots/norms_vs_steps_back_T<T>.png and plots/factor_vs_gain.png; per
-configuration configs/<id>/ with result.json, norms.npz, logs/ (TensorBoard,
-gradient norms) and HParams.
+(a row per configuration, a summary per activation and length), results.md,
+plots/norms_vs_steps_back_T<T>.png, plots/factor_vs_gain.png; per
+configuration configs/<id>/ with result.json, norms.npz, logs/ and HParams.
 """
 
 import dataclasses
@@ -69,13 +65,11 @@ class Config(sweep.SweepConfig):
     experiment: ClassVar[str] = "dynamics"
     sweep_axes: ClassVar[tuple] = ("gains", "activations", "lengths")
 
-    # Spectral radius of W_hh = g exactly (ScaledOrthogonal(gain=g)).
     gains: str = option("0.5,0.8,0.9,1.0,1.1,1.25,1.5,2.0",
                         "Comma-separated recurrent gains g (W_hh = g * orthogonal).")
     activations: str = option("tanh,sigmoid,relu,linear",
                               "Comma-separated activations (tanh, sigmoid, relu, linear).")
     lengths: str = option("50,200", "Comma-separated sequence lengths T.")
-    # Inputs N(0, input_scale^2), one feature per step.
     input_scale: float = option(1.0, "Standard deviation of the inputs.")
     # y = mean of x_0 .. x_{k-1}: the network must carry it T - k steps.
     target_steps: int = option(1, "The target is the mean of the first N inputs.")
@@ -116,8 +110,7 @@ class Config(sweep.SweepConfig):
         return sweep.split_list("gains", self.gains, float)
 
     def activation_list(self):
-        return sweep.split_list("activations", self.activations, str,
-                                choices=common.ACTIVATIONS)
+        return sweep.split_list("activations", self.activations, str, choices=common.ACTIVATIONS)
 
     def length_list(self):
         return sweep.split_list("lengths", self.lengths, int, minimum=2)
@@ -139,7 +132,7 @@ _DERIVATIVES = {  # act(z) and act'(z) given z and a = act(z)
 }
 
 
-def activation_derivative_stats(x, kernel, recurrent_kernel, bias, activation):
+def activation_derivative_stats(x, kernel, recurrent_kernel, bias=None, activation="tanh"):
     """`(mean |act'(z)|, rms act'(z))` over samples, steps and units of the
     float64 forward trajectory from `h = 0` (NaN when it overflows)."""
     act, dact = _DERIVATIVES[activation]
@@ -165,14 +158,12 @@ def measure(model, x, y, activation):
 
     layer = model.get_layer(LAYER)
     norms = keras_vrnn.timestep_gradient_norms(model, x, y)[LAYER]
-    finite = bool(np.isfinite(norms).all())
+    ok = bool(np.isfinite(norms).all())
     with np.errstate(all="ignore"):
         mean_norms = norms.mean(axis=0)
     stats = keras_vrnn.recurrent_kernel_stats(layer)
     rho = float(stats["spectral_radius"])
-    weights = [np.asarray(w) for w in layer.get_weights()]
-    mean_abs, rms = activation_derivative_stats(
-        x, weights[0], weights[1], weights[2] if len(weights) > 2 else None, activation)
+    mean_abs, rms = activation_derivative_stats(x, *layer.get_weights(), activation=activation)
     try:
         jac = keras_vrnn.state_jacobian_norms(model, x, max_samples=JACOBIAN_SAMPLES)[LAYER]
         jac_factor = keras_vrnn.fit_decay_factor(jac)
@@ -181,10 +172,9 @@ def measure(model, x, y, activation):
     except (ValueError, FloatingPointError, np.linalg.LinAlgError):
         jac_factor, jac_mean = math.nan, np.full(norms.shape[1], np.nan)
     return {
-        "finite": finite,
-        "factor": keras_vrnn.fit_decay_factor(norms) if finite else math.nan,
-        "horizon": float(keras_vrnn.effective_horizon(norms, HORIZON_THRESHOLD))
-        if finite else math.nan,
+        "finite": ok, "factor": keras_vrnn.fit_decay_factor(norms) if ok else math.nan,
+        "horizon": float(keras_vrnn.effective_horizon(norms, HORIZON_THRESHOLD)) if ok
+        else math.nan,
         "jacobian_factor": jac_factor, "spectral_radius": rho,
         "max_singular_value": float(stats["max_singular_value"]),
         "mean_abs_dact": mean_abs, "rms_dact": rms,
@@ -298,18 +288,6 @@ METRIC_NAMES = ("init_factor", "init_theory", "init_theory_rms", "init_jacobian_
 GRID = ("T", "activation", "gain")
 
 
-def crossing_gain(gains, factors):
-    """The gain where log(factor) crosses 0, interpolated in log-log, or None."""
-    points = [(g, f) for g, f in zip(gains, factors) if finite(f) and f > 0]
-    for (g0, f0), (g1, f1) in zip(points, points[1:]):
-        l0, l1 = math.log(f0), math.log(f1)
-        if l0 == 0:
-            return g0
-        if l0 < 0 <= l1 or l1 <= 0 < l0:
-            return math.exp(math.log(g0) + -l0 / (l1 - l0) * (math.log(g1) - math.log(g0)))
-    return None
-
-
 def _overflowed(row):
     """Whether float32 overflowed at initialisation (the float64 Jacobian
     factor then stands in for the measured one)."""
@@ -321,13 +299,13 @@ def summarize(rows):
     and the median relative error of the theories."""
     out = []
     for (T, activation), sel in sweep.group_rows(rows, ("T", "activation"), "gain").items():
-        entry = {"T": T, "activation": activation}
+        entry, gains = {"T": T, "activation": activation}, [r["gain"] for r in sel]
         for phase, _ in PHASES:
             factors = [r[f"{phase}_factor"] if finite(r.get(f"{phase}_factor")) else
                        r.get("init_jacobian_factor") if phase == "init" and _overflowed(r)
                        else None for r in sel]
             entry[f"{phase}_max_factor"] = max(filter(finite, factors), default=None)
-            entry[f"{phase}_crossing_gain"] = crossing_gain([r["gain"] for r in sel], factors)
+            entry[f"{phase}_crossing_gain"] = sweep.log_crossing(gains, factors)
             for theory in ("theory", "theory_rms"):
                 pairs = [(r.get(f"{phase}_factor"), r.get(f"{phase}_{theory}")) for r in sel]
                 errors = [abs(f / t - 1) for f, t in pairs if finite(f) and finite(t) and t > 0]

@@ -510,6 +510,19 @@ def finite(value):
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 
+def log_crossing(xs, ys, level=1.0):
+    """The x where y crosses `level` along increasing xs, interpolated in
+    log-log between neighbouring finite positive points, or None."""
+    points = [(x, y) for x, y in zip(xs, ys) if finite(y) and y > 0]
+    for (x0, y0), (x1, y1) in zip(points, points[1:]):
+        l0, l1 = math.log(y0 / level), math.log(y1 / level)
+        if l0 == 0:
+            return x0
+        if l0 < 0 <= l1 or l1 <= 0 < l0:
+            return math.exp(math.log(x0) + -l0 / (l1 - l0) * (math.log(x1) - math.log(x0)))
+    return None
+
+
 def index_rows(rows, keys):
     """`{(row[k] for k in keys): row}`: the rows of a grid by their swept values."""
     return {tuple(r[k] for k in keys): r for r in rows}
@@ -575,9 +588,8 @@ def plot_panels(png, row_keys, col_keys, draw, panel_size, legend_ncols=0):
     one legend below all panels from the labels of the first."""
     from matplotlib.figure import Figure
 
-    width, height = panel_size
-    fig = Figure(figsize=(width * len(col_keys),
-                          height * len(row_keys) + (0.8 if legend_ncols else 0)), layout="constrained")
+    width, height = panel_size[0] * len(col_keys), panel_size[1] * len(row_keys)
+    fig = Figure(figsize=(width, height + (0.8 if legend_ncols else 0)), layout="constrained")
     axes = fig.subplots(len(row_keys), len(col_keys), squeeze=False)
     for ax_row, row_key in zip(axes, row_keys):
         for ax, col_key in zip(ax_row, col_keys):
