@@ -119,8 +119,8 @@ class Config(sweep.SweepConfig):
 def make_task(n, T, seed, input_scale=1.0, target_steps=1):
     """Inputs `(n, T, 1)` ~ N(0, input_scale^2) and the mean of the first
     `target_steps` as the target `(n, 1)`; seeded by `(seed, T)`."""
-    x = (np.random.default_rng([seed, T]).standard_normal((n, T, 1)) * input_scale)
-    x = x.astype(np.float32)
+    x = (np.random.default_rng([seed, T]).standard_normal((n, T, 1)) * input_scale).astype(
+        np.float32)
     return x, x[:, :target_steps, 0].mean(axis=1, keepdims=True).astype(np.float32)
 
 
@@ -171,16 +171,13 @@ def measure(model, x, y, activation):
             jac_mean = np.exp(np.log(jac).mean(axis=0))  # geometric mean
     except (ValueError, FloatingPointError, np.linalg.LinAlgError):
         jac_factor, jac_mean = math.nan, np.full(norms.shape[1], np.nan)
-    return {
-        "finite": ok, "factor": keras_vrnn.fit_decay_factor(norms) if ok else math.nan,
-        "horizon": float(keras_vrnn.effective_horizon(norms, HORIZON_THRESHOLD)) if ok
-        else math.nan,
-        "jacobian_factor": jac_factor, "spectral_radius": rho,
-        "max_singular_value": float(stats["max_singular_value"]),
-        "mean_abs_dact": mean_abs, "rms_dact": rms,
-        "theory": rho * mean_abs, "theory_rms": rho * rms,
-        "last_step_norm": float(mean_norms[-1]),
-    }, {"mean_norms": mean_norms, "jacobian_norms": jac_mean}
+    return {"finite": ok, "factor": keras_vrnn.fit_decay_factor(norms) if ok else math.nan,
+            "horizon": float(keras_vrnn.effective_horizon(norms, HORIZON_THRESHOLD)) if ok
+            else math.nan, "jacobian_factor": jac_factor, "spectral_radius": rho,
+            "max_singular_value": float(stats["max_singular_value"]),
+            "mean_abs_dact": mean_abs, "rms_dact": rms, "theory": rho * mean_abs,
+            "theory_rms": rho * rms, "last_step_norm": float(mean_norms[-1]),
+            }, {"mean_norms": mean_norms, "jacobian_norms": jac_mean}
 
 
 def build_model(units, activation, T, learning_rate, clipnorm):
@@ -191,11 +188,9 @@ def build_model(units, activation, T, learning_rate, clipnorm):
     import keras_vrnn
     from experiments import training
 
-    model = keras.Sequential([
-        keras.Input((T, 1), name="x"),
-        keras_vrnn.VanillaRNN(units, activation=activation, name=LAYER),
-        keras.layers.Dense(1, name="out"),
-    ], name=f"rnn_{activation}")
+    model = keras.Sequential([keras.Input((T, 1), name="x"),
+                              keras_vrnn.VanillaRNN(units, activation=activation, name=LAYER),
+                              keras.layers.Dense(1, name="out")], name=f"rnn_{activation}")
     # jit_compile=False: the fused RNN path is compiled on its own; a whole
     # step XLA compile costs seconds per model and gains nothing here.
     model.compile(optimizer=training.make_optimizer("adam", learning_rate, clipnorm),
@@ -214,14 +209,13 @@ def initialize(model, gain, seed, learning_rate):
     rng = np.random.default_rng([seed, 7])
 
     def glorot(shape):
-        limit = math.sqrt(6.0 / sum(shape))
-        return rng.uniform(-limit, limit, size=shape)
+        return rng.uniform(-(limit := math.sqrt(6.0 / sum(shape))), limit, size=shape)
 
-    cell = model.get_layer(LAYER).cell
-    units, features = cell.units, cell.kernel.shape[0]
+    layer = model.get_layer(LAYER)
+    units, features = layer.cell.units, layer.cell.kernel.shape[0]
     recurrent = keras_vrnn.initializers.ScaledOrthogonal(gain=gain, seed=seed)((units, units))
-    model.get_layer(LAYER).set_weights([glorot((features, units)),
-                                        keras.ops.convert_to_numpy(recurrent), np.zeros(units)])
+    layer.set_weights([glorot((features, units)), keras.ops.convert_to_numpy(recurrent),
+                       np.zeros(units)])
     model.get_layer("out").set_weights([glorot((units, 1)), np.zeros(1)])
     for variable in model.optimizer.variables:
         variable.assign(learning_rate if variable.name == "learning_rate"
@@ -263,10 +257,10 @@ def run_config(params, config_dir, settings):
             status, step, phase = "diverged", monitor.diverged["step"] + 1, "train"
         else:
             trained, more = measure(model, x_eval, y_eval, activation)
-            result.update({f"trained_{k}": v for k, v in trained.items()})
-            profiles.update({f"trained_{k}": v for k, v in more.items()})
-            result.update(final_train_loss=history["loss"][-1],
+            result.update({f"trained_{k}": v for k, v in trained.items()},
+                          final_train_loss=history["loss"][-1],
                           final_eval_loss=history["val_loss"][-1])
+            profiles.update({f"trained_{k}": v for k, v in more.items()})
             if not trained["finite"]:
                 status, step, phase = "diverged", monitor.steps_done, "trained-gradients"
     result["target_variance"] = float(np.var(y_eval))  # the trivial predictor's loss
