@@ -123,6 +123,12 @@ def _check_layers(layers):
     return list(layers)
 
 
+def _base_key(key, layers):
+    """The key in `layers` of a logged key (`"<key>/call_<i>"` for a layer's
+    later calls)."""
+    return key if key in layers else _CALL_SUFFIX.sub("", key)
+
+
 def _optimizer_step(model):
     """`model.optimizer.iterations` as an int (also for a distributed
     variable, which `int()` does not take)."""
@@ -162,7 +168,8 @@ class GradientNormCallback(keras.callbacks.Callback):
       (`timestep_gradient_norms(..., last_step_only=True)`);
     - `p/lyapunov_max`: the largest Lyapunov exponent (nats per step) of
       the layer's hidden dynamics on the first 4 samples of `data`
-      (`keras_vrnn.lyapunov_exponents`);
+      (`keras_vrnn.lyapunov_exponents`; of its first call, for a layer
+      called several times);
     - `p/spectral_radius`: spectral radius of the recurrent kernel `W_hh`;
     - `p/nonfinite`: 1 when a gradient norm (either view) is inf or NaN;
     - histogram `p/log10_grad_norm`: log10 of every (sample, timestep) norm
@@ -407,7 +414,7 @@ class GradientNormCallback(keras.callbacks.Callback):
         """Leading Lyapunov exponents of each base layer, on a few samples."""
         x = keras.tree.map_structure(lambda a: a[:LYAPUNOV_SAMPLES], self.data[0])
         entries = [(k, layers[k]) for k in dict.fromkeys(
-            _CALL_SUFFIX.sub("", key) for key in self._keys)]
+            _base_key(key, layers) for key in self._keys)]
         captured = diagnostics._capture(self.model, x, entries)
         spectra = {}
         for key, layer in entries:
@@ -438,7 +445,7 @@ class GradientNormCallback(keras.callbacks.Callback):
         spectra = self._lyapunov(layers)
         current = {}
         for key in self._keys:
-            base = _CALL_SUFFIX.sub("", key)
+            base = _base_key(key, layers)
             stats = diagnostics.recurrent_kernel_stats(layers[base])
             with np.errstate(all="ignore"):
                 current[key] = {

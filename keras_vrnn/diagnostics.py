@@ -793,7 +793,7 @@ def _lyapunov(layer, sequences, h0, mask, num_exponents=None, warmup_steps=0):
         carried = np.isnan(d[:, :1])  # masked step: J_t = I
         # Row-vector layer h_t = act(x_t W + h_{t-1} U + b): for column
         # vectors, J_t = dh_t/dh_{t-1} = diag(act'(z_t)) U^T.
-        step = d[:, :, None] * np.einsum("ji,sjk->sik", recurrent, q)
+        step = d[:, :, None] * (recurrent.T @ q)
         q, r = np.linalg.qr(np.where(carried[:, :, None], q, step))
         if t >= warmup_steps:
             with np.errstate(divide="ignore"):
