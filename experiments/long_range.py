@@ -302,6 +302,7 @@ def plot_metrics(rows, config, png):
 
 
 def _last_mean_norms(npz):
+    """The last logged mean ||dL/dh_t|| profile of GradientNormCallback's NPZ file."""
     from keras_vrnn import plots
 
     logs = plots.load_gradient_norms(npz)

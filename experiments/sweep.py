@@ -481,11 +481,10 @@ def status_text(row):
 
 def fit_steps(model, config_dir, settings, make_train, validation_data, grad_data,
               callbacks=(), **fit_kwargs):
-    """Trains `settings["train_steps"]` steps (batches of `batch_size` from
-    `make_train(n)`, one fixed array) in logged epochs of `steps_per_epoch`
-    steps, with `DivergenceMonitor`, TensorBoard and, when `grad_data` is
-    given, the gradient norms in `<config_dir>/logs`. Returns `(history,
-    monitor)`."""
+    """Trains `train_steps // steps_per_epoch` logged epochs (at least one) of
+    `steps_per_epoch` batches from `make_train(n)`, with `DivergenceMonitor`, `callbacks`,
+    TensorBoard and (given `grad_data`) gradient norms in `<config_dir>/logs`.
+    Returns `(history, monitor)`."""
     from experiments import training
 
     spe = min(settings["steps_per_epoch"], settings["train_steps"])
