@@ -507,6 +507,10 @@ def timestep_gradient_norms(
     model.compile("adam", "mse")
     norms = keras_vrnn.timestep_gradient_norms(model, x[:64], y[:64])
     norms["vanilla_rnn"].shape  # (64, 100)
+    credit = keras_vrnn.timestep_gradient_norms(
+        model, x[:64], y[:64], last_step_only=True
+    )
+    keras_vrnn.fit_decay_factor(credit["vanilla_rnn"])  # per-step decay
     ```
     """
     _require_tensorflow("timestep_gradient_norms")
