@@ -150,3 +150,18 @@ def test_benchmark_runs_on_the_jax_backend(tmp_path):
     assert "JAX " in proc.stdout and "on CPU" in proc.stdout
     assert "VanillaRNN fused path: lax.scan with a custom VJP" in proc.stdout
     assert "cost vs one train step" not in proc.stdout
+
+
+def test_vector_width_ab(capsys, monkeypatch):
+    # The A/B of the step kernels' widths, where the build has both.
+    import vector_widths
+    from keras_vrnn import native
+
+    if native.choose_isa(native.cpu_features()) != "avx512":
+        pytest.skip(f"no AVX-512 on this CPU ({native.cpu_model()})")
+    monkeypatch.setattr(vector_widths, "SIZES", [(4, 6, 3, 20)])
+    vector_widths.main(["--rounds", "2"])
+    printed = capsys.readouterr().out
+    for op in ("forward", "backward"):
+        assert re.search(rf"\| \(4, 6, 3, 20\) \| {op} \| [\d.]+ \| [\d.]+ \| \*\*[\d.]+x\*\* \|",
+                         printed), printed
