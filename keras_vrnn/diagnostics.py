@@ -1,28 +1,13 @@
 """Gradient diagnostics: per-timestep BPTT gradient norms, and their causes.
 
-Effect: `timestep_gradient_norms` measures, for every vanilla RNN layer of a
-compiled model, the exact total gradient norm `||dL/dh_t||_2` of the model's
-loss with respect to the hidden state at every time step t, from one forward
-and one backward pass (zero probes, see `keras_vrnn.probe`). Vanishing
-gradients show as norms that shrink geometrically with the number of steps
-back from the end; exploding gradients as norms that grow.
-
-Cause: the backward pass multiplies, once per step, the Jacobian
-`dh_s/dh_{s-1} = diag(act'(z_s)) W_hh^T`. `recurrent_kernel_stats` reports
-the spectral radius and largest singular value of `W_hh`;
-`state_jacobian_norms` the norm of the product of those Jacobians,
-`||dh_T/dh_t||_2`, on real data (the activation's derivative included);
-`lyapunov_exponents` their asymptotic log-growth rates (the QR method).
-
-Summaries: `fit_decay_factor` fits the per-step growth/decay factor of a norm
-profile, `effective_horizon` counts how many steps back the gradient stays
-within a factor `threshold` of its last-step value.
-
-Layers are found by walking the model (nested models and layers included):
-`keras_vrnn.VanillaRNN`, `keras.layers.RNN` wrapping one
-`keras_vrnn.VanillaRNNCell`, and `keras.layers.Bidirectional` around either
-(reported as `"<name>/forward"` and `"<name>/backward"`, both indexed by
-input time).
+Effect: `timestep_gradient_norms`, the exact `||dL/dh_t||_2` of the compiled
+loss at every step of every vanilla RNN layer (one forward and one backward
+pass, zero probes: `keras_vrnn.probe`). Causes, from the per-step Jacobian
+`dh_s/dh_{s-1} = diag(act'(z_s)) W_hh^T`: `recurrent_kernel_stats` (spectral
+radius and norm of `W_hh`), `state_jacobian_norms` (`||dh_T/dh_t||_2` on real
+data) and `lyapunov_exponents` (asymptotic log-growth rates). Summaries of a
+norm profile: `fit_decay_factor` and `effective_horizon`. Layers are found
+as `rnn_layers` lists them.
 """
 
 import contextlib
@@ -78,20 +63,13 @@ def _children(layer):
 def rnn_layers(model):
     """Lists the vanilla RNN layers of a model, in call-graph order.
 
-    Walks `model` and every nested model or layer. Found:
-    `keras_vrnn.VanillaRNN`, `keras.layers.RNN` wrapping a single
-    `keras_vrnn.VanillaRNNCell`, and `keras.layers.Bidirectional` wrapping
-    either (two entries, `"<name>/forward"` and `"<name>/backward"`).
-    `keras.layers.RNN` around a list of cells (`StackedRNNCells`) cannot be
-    probed and is skipped with a logged warning: use one layer per cell.
-
-    Args:
-        model: A Keras model or layer (it may itself be an RNN layer or a
-            `Bidirectional`).
-
-    Returns:
-        A list of `(key, layer)` pairs. Keys are layer names, made unique with
-        the path of enclosing layers when two layers share a name.
+    Walks `model` (a Keras model or layer) and every nested model or layer.
+    Found: `keras_vrnn.VanillaRNN`, `keras.layers.RNN` wrapping one
+    `VanillaRNNCell`, and `keras.layers.Bidirectional` wrapping either (two
+    entries, `"<name>/forward"` and `"<name>/backward"`). An RNN over a list
+    of cells (`StackedRNNCells`) cannot be probed: skipped, with a logged
+    warning. Returns `(key, layer)` pairs; keys are layer names, made unique
+    with the path of enclosing layers when two layers share a name.
     """
     found = []  # (path tuple, suffix or None, layer)
     seen = set()
@@ -222,6 +200,23 @@ def _check_model(model, what):
         )
 
 
+def _entries(model, what, required=True):
+    """`rnn_layers(model)`, once `model` is a Keras layer (and, if
+    `required`, has a vanilla RNN layer)."""
+    if not isinstance(model, keras.layers.Layer):
+        raise ValueError(f"{what} needs a Keras model or layer. Received: model "
+                         f"of type {type(model).__name__}.")
+    entries = rnn_layers(model)
+    if required and not entries:
+        raise ValueError(
+            f"{what} found no keras_vrnn.VanillaRNN or keras.layers.RNN("
+            "keras_vrnn.VanillaRNNCell) layer (also looked inside Bidirectional "
+            f"wrappers and nested models). Received: model '{model.name}' "
+            f"({type(model).__name__}) with layers {[c.name for c in _children(model)]}."
+        )
+    return entries
+
+
 def _to_tensor(a):
     import tensorflow as tf
 
@@ -317,14 +312,11 @@ def _stateful_variables(entries):
 def _unscale_for_distribution(loss):
     """Undoes Keras' per-replica loss scaling outside replica context.
 
-    With the TensorFlow backend, Keras multiplies every loss by
-    `1 / num_replicas_in_sync` of the current `tf.distribute` strategy (so
-    that summing the replicas' gradients gives the gradient of the global
-    mean). A measurement here runs once, on the whole batch, in cross-replica
-    context: inside `strategy.scope()` (e.g. `fit` called in the scope) that
-    scaling would divide every norm by the number of replicas. Multiplying
-    back, as Keras' own train step does for its loss tracker, makes the
-    result independent of the strategy.
+    Keras scales every loss by `1 / num_replicas_in_sync` of the current
+    strategy; a measurement here runs once on the whole batch, so inside
+    `strategy.scope()` that would divide every norm by the replica count.
+    Multiplying back (as Keras' train step does for its loss tracker) makes
+    the result independent of the strategy.
     """
     import tensorflow as tf
 
@@ -433,44 +425,30 @@ def timestep_gradient_norms(
 ):
     """Per-timestep BPTT gradient norms `||dL/dh_t||_2` of every RNN layer.
 
-    `L` is the model's compiled loss exactly as Keras computes it
-    (`model.compute_loss(x=x, y=y, y_pred=model(x), sample_weight=...,
-    training=False)`, reduction and regularization included) and `h_t` the
-    hidden state of a layer at step t. The gradient is the *total* one: the
-    direct path from `h_t` to the loss plus every path through `h_{t+1}`,
-    `h_{t+2}`, ... (full back-propagation through time). It is obtained by
-    adding a zero probe to every hidden state (`keras_vrnn.probe`) and
-    differentiating with respect to the probes: one forward and one backward
-    pass in a `tf.function` cached per model (it retraces for a new input
-    signature or after `model.compile` is called again), with the fused fast
-    path when the layer takes it.
+    `L` is the compiled loss as Keras computes it (`model.compute_loss(...,
+    training=False)`, reduction and regularization included), `h_t` a
+    layer's hidden state at step t, and the gradient the *total* one (every
+    path, full BPTT). Zero probes on every hidden state (`keras_vrnn.probe`)
+    are differentiated: one forward and one backward pass in a `tf.function`
+    cached per model (retraced for a new input signature or a new compile),
+    on the fused fast path when the layer takes it.
 
-    With `last_step_only=True` the loss is `l_T`, that of the last time step
-    alone, and `||dl_T/dh_t||` is the credit the final prediction assigns to
-    each earlier state (it decays or grows geometrically with `T - t`). When
-    the model's output has a time axis (an output of rank >= 3 whose axis 1
-    has the length T of the probed layers' sequences, e.g.
-    `return_sequences=True` then `Dense`), `l_T` is the compiled loss of
-    `y_pred[:, -1:]` against `y[:, -1:]`, with the same reduction (targets
-    and sample weights with that time axis are cut likewise). When the
-    output is the last step only (`return_sequences=False`), `l_T` is the
-    loss `L` itself. Same cost: one forward and one backward pass.
+    With `last_step_only=True` the loss is `l_T`, the last step's alone:
+    `||dl_T/dh_t||` is the credit the final prediction gives each earlier
+    state. For an output with a time axis (rank >= 3, axis 1 of the probed
+    sequences' length T) `l_T` is the compiled loss of `y_pred[:, -1:]`
+    against `y[:, -1:]` (targets and sample weights with that axis cut
+    likewise); for a last-step output it is `L` itself. Same cost.
 
-    Layers are found by walking the model, nested models included:
-    `keras_vrnn.VanillaRNN`, `keras.layers.RNN(keras_vrnn.VanillaRNNCell)`,
-    and `keras.layers.Bidirectional` around either (keys `"<name>/forward"`
-    and `"<name>/backward"`, both indexed by input time). Masked steps report
-    0. A layer called more than once gets one entry per call (`"<name>"`,
-    `"<name>/call_1"`, ...). The model is left unchanged (metric and
-    stateful-RNN variables are restored).
+    Layers are those of `rnn_layers`, indexed by input time; masked steps
+    report 0; a layer called more than once gets one entry per call
+    (`"<name>"`, `"<name>/call_1"`, ...). The model is left unchanged (metric
+    and stateful-RNN variables are restored).
 
-    Distribution: a model built under a `tf.distribute` strategy (e.g.
-    `MirroredStrategy`, `MultiWorkerMirroredStrategy`) works; call this
-    function outside replica context (not inside `strategy.run`), as Keras
-    callbacks are. It then runs once on the whole batch with the current
-    (replicated, identical) weights, and gives the same norms as without a
-    strategy, whether or not `strategy.scope()` is entered (Keras' per-replica
-    loss scaling is undone).
+    Distribution: under a `tf.distribute` strategy, call this outside replica
+    context (as Keras callbacks are): it runs once on the whole batch and
+    gives the same norms as without a strategy (Keras' per-replica loss
+    scaling is undone, whether or not `strategy.scope()` is entered).
 
     Args:
         model: A compiled `keras.Model` containing at least one vanilla RNN
@@ -499,17 +477,12 @@ def timestep_gradient_norms(
     Example:
 
     ```python
-    model = keras.Sequential([
-        keras.Input((100, 8)),
-        keras_vrnn.VanillaRNN(32, return_sequences=True),
-        keras.layers.Dense(1),
-    ])
+    model = keras.Sequential([keras.Input((100, 8)), keras_vrnn.VanillaRNN(
+        32, return_sequences=True), keras.layers.Dense(1)])
     model.compile("adam", "mse")
     norms = keras_vrnn.timestep_gradient_norms(model, x[:64], y[:64])
     norms["vanilla_rnn"].shape  # (64, 100)
-    credit = keras_vrnn.timestep_gradient_norms(
-        model, x[:64], y[:64], last_step_only=True
-    )
+    credit = keras_vrnn.timestep_gradient_norms(model, x, y, last_step_only=True)
     keras_vrnn.fit_decay_factor(credit["vanilla_rnn"])  # per-step decay
     ```
     """
@@ -518,15 +491,7 @@ def timestep_gradient_norms(
     check_bool("direct", direct)
     check_bool("last_step_only", last_step_only)
     check_batch(x, y, sample_weight)
-    entries = rnn_layers(model)
-    if not entries:
-        raise ValueError(
-            "timestep_gradient_norms found no keras_vrnn.VanillaRNN or "
-            "keras.layers.RNN(keras_vrnn.VanillaRNNCell) layer (also looked "
-            "inside Bidirectional wrappers and nested models). Received: "
-            f"model '{model.name}' with layers "
-            f"{[layer.name for layer in _children(model)]}."
-        )
+    entries = _entries(model, "timestep_gradient_norms")
     x, y, sample_weight = keras.tree.map_structure(_to_tensor, (x, y, sample_weight))
     if not model.built:
         model(x, training=False)  # build eagerly, outside the tf.function
@@ -717,22 +682,16 @@ def _jacobian_norms(layer, sequences, h0, mask):
 def state_jacobian_norms(model_or_layer, x, max_samples=8):
     """Norms `||dh_T/dh_t||_2` of the state Jacobian products on real data.
 
-    For each vanilla RNN layer, the hidden trajectory is recomputed in
-    float64 from the layer's actual inputs on the first `max_samples` samples
-    of `x`, and the spectral norm of `dh_T/dh_t = J_T J_{T-1} ... J_{t+1}`,
-    `J_s = diag(act'(z_s)) W_hh^T`, is reported for every t (1 at t = T).
-    This is the part of the BPTT gradient `dL/dh_t` that the recurrence
-    controls: vanishing when it decays geometrically with `T - t`, exploding
-    when it grows. Masked steps are identity steps (the state is carried).
-    For `go_backwards` layers (the backward half of a `Bidirectional`),
-    `T` is the last *processed* step (input time 0); results are indexed by
-    input time in all cases.
+    Each layer's trajectory is recomputed in float64 from its inputs on the
+    first `max_samples` samples of `x`, and the spectral norm of `dh_T/dh_t
+    = J_T ... J_{t+1}`, `J_s = diag(act'(z_s)) W_hh^T`, reported for every t
+    (1 at t = T): the part of `dL/dh_t` the recurrence controls. Masked steps
+    are identity steps. For `go_backwards` layers `T` is the last processed
+    step (input time 0); results are indexed by input time.
 
     Args:
-        model_or_layer: A Keras model (all its vanilla RNN layers are
-            reported, found as in `timestep_gradient_norms`), or one
-            vanilla RNN layer or `Bidirectional` wrapper, in which case `x` is
-            that layer's input sequence batch.
+        model_or_layer: A Keras model (all its `rnn_layers` are reported), or
+            one vanilla RNN layer or `Bidirectional`, `x` then its input.
         x: Input batch for `model_or_layer`.
         max_samples: Positive int, the number of samples of `x` used.
 
@@ -744,19 +703,8 @@ def state_jacobian_norms(model_or_layer, x, max_samples=8):
     `(units, units)` matrices, in NumPy.
     """
     max_samples = check_positive_int("max_samples", max_samples)
-    if not isinstance(model_or_layer, keras.layers.Layer):
-        raise ValueError(
-            "state_jacobian_norms needs a Keras model or layer. Received: "
-            f"{type(model_or_layer).__name__}."
-        )
     check_batch(x, None)
-    entries = rnn_layers(model_or_layer)
-    if not entries:
-        raise ValueError(
-            "state_jacobian_norms found no keras_vrnn.VanillaRNN or "
-            "keras.layers.RNN(keras_vrnn.VanillaRNNCell) layer. Received: "
-            f"{type(model_or_layer).__name__} '{model_or_layer.name}'."
-        )
+    entries = _entries(model_or_layer, "state_jacobian_norms")
     x = keras.tree.map_structure(lambda a: a[:max_samples], x)
     captured = _capture(model_or_layer, x, entries)
     return {
@@ -811,18 +759,15 @@ def _lyapunov(layer, sequences, h0, mask, num_exponents=None, warmup_steps=0):
 def lyapunov_exponents(model, x, layer=None, num_exponents=None, warmup_steps=0):
     """Lyapunov exponents of a vanilla RNN layer's hidden dynamics on `x`.
 
-    The layer's trajectory `h_t = act(x_t W + h_{t-1} U + b)` driven by the
-    model's input `x` is recomputed in float64 (as `state_jacobian_norms`
-    does) and its exact Jacobians `J_t = dh_t/dh_{t-1} = diag(act'(z_t)) U^T`
-    are fed to the QR method: `Q_t R_t = J_t Q_{t-1}`, and exponent `i` is the
-    mean over steps of `log |R_t[i, i]|`, in nats per step. `Q_0` is the
-    identity for the full spectrum and the first `num_exponents` columns of
-    a fixed (seeded) random orthogonal matrix otherwise. Positive exponents
-    mean that nearby trajectories separate (chaos, exploding gradients),
-    negative ones that they converge (vanishing gradients); the largest one,
-    `lambda_1`, is the asymptotic log-growth rate of `||dh_T/dh_t||`.
-    Masked steps are skipped (they carry the state). Each sample's exponents
-    are sorted in descending order, then averaged over the batch.
+    The trajectory `h_t = act(x_t W + h_{t-1} U + b)` on `x` is recomputed
+    in float64 and its Jacobians `J_t = diag(act'(z_t)) U^T` fed to the QR
+    method, `Q_t R_t = J_t Q_{t-1}`: exponent `i` is the mean of
+    `log |R_t[i, i]|`, nats per step. `Q_0` is the identity for the full
+    spectrum, else a fixed (seeded) random orthonormal basis. Positive:
+    trajectories separate (chaos, exploding gradients); negative: they
+    converge (vanishing); `lambda_1` is the log-growth rate of
+    `||dh_T/dh_t||`. Masked steps are skipped. Each sample's exponents are
+    sorted descending, then averaged over the batch.
 
     Args:
         model: A Keras model (or layer) that contains vanilla RNN layers.
@@ -840,9 +785,8 @@ def lyapunov_exponents(model, x, layer=None, num_exponents=None, warmup_steps=0)
         A float64 NumPy array `(num_exponents,)`, descending.
 
     Raises:
-        ValueError: `model` has no vanilla RNN layer, or several and `layer`
-            is None, `layer` is not one of them, or an argument is out of
-            range.
+        ValueError: no such layer (or several and `layer` is None), or an
+            argument is out of range.
 
     Example:
 
@@ -851,13 +795,8 @@ def lyapunov_exponents(model, x, layer=None, num_exponents=None, warmup_steps=0)
     exponents[0]  # lambda_1: < 0 contracting, > 0 chaotic
     ```
     """
-    if not isinstance(model, keras.layers.Layer):
-        raise ValueError(
-            "lyapunov_exponents needs a Keras model or layer. Received: model "
-            f"of type {type(model).__name__}."
-        )
     check_batch(x, None)
-    entries = rnn_layers(model)
+    entries = _entries(model, "lyapunov_exponents", required=False)
     found = [(k, e) for k, e in entries if layer is None or layer is e or layer == k]
     if layer is None and len(found) != 1:
         raise ValueError(
@@ -916,14 +855,9 @@ def fit_decay_factor(norms):
     `W_hh = rho * orthogonal` and the loss on the last output, the factor is
     exactly `rho`.
 
-    Args:
-        norms: Array `(timesteps,)`, e.g. the mean over the batch, or
-            `(batch, timesteps)`, in which case all samples are fitted
-            together (a geometric-mean fit).
-
-    Returns:
-        The factor as a Python float, NaN when fewer than two distinct steps
-        have a usable norm.
+    `norms`: `(timesteps,)` (e.g. the batch mean), or `(batch, timesteps)`,
+    all samples fitted together (a geometric-mean fit). Returns the factor,
+    a Python float; NaN when fewer than two distinct steps have a usable norm.
     """
     a = _as_profile(norms, "fit_decay_factor")
     timesteps = a.shape[-1]
@@ -961,11 +895,7 @@ def effective_horizon(norms, threshold=1e-3):
         timesteps) when the norm never falls that low; NaN when no step has a
         finite, non-zero norm.
     """
-    if (
-        isinstance(threshold, bool)
-        or not isinstance(threshold, (int, float))
-        or not threshold > 0
-    ):
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not threshold > 0:
         raise ValueError(
             f"`threshold` must be a positive number. Received: threshold={threshold!r}."
         )
