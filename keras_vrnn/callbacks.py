@@ -155,31 +155,22 @@ class GradientNormCallback(keras.callbacks.Callback):
     `"bi/backward"` for a `Bidirectional`) with tag prefix `p` (the key with
     `/` replaced by `.`, see `tag_prefix`), it logs:
 
-    - scalars `p/grad_norm_first`, `p/grad_norm_middle`, `p/grad_norm_last`:
-      the batch-mean norm at timesteps 0, T // 2 and T - 1;
-    - `p/grad_norm_first_last_ratio`: first / last;
-    - `p/grad_norm_decay_factor`: the per-step factor fitted on the mean
-      norms (`keras_vrnn.fit_decay_factor`; < 1 vanishing, > 1 exploding);
-    - `p/grad_norm_horizon`: `keras_vrnn.effective_horizon` of the mean
-      norms, threshold 1e-3;
-    - `p/last_step_grad_norm_decay_factor`, `p/last_step_grad_norm_horizon`:
-      the same two for the last-step view `||dl_T/dh_t||`, the credit the
-      last step's loss alone gives each earlier state
-      (`timestep_gradient_norms(..., last_step_only=True)`);
-    - `p/lyapunov_max`: the largest Lyapunov exponent (nats per step) of
-      the layer's hidden dynamics on the first 4 samples of `data`
-      (`keras_vrnn.lyapunov_exponents`; of its first call, for a layer
-      called several times);
-    - `p/spectral_radius`: spectral radius of the recurrent kernel `W_hh`;
-    - `p/nonfinite`: 1 when a gradient norm (either view) is inf or NaN;
-    - histogram `p/log10_grad_norm`: log10 of every (sample, timestep) norm
-      (zero and non-finite ones left out);
-    - histogram `p/lyapunov_spectrum`: the `min(units, 32)` leading
-      exponents (a histogram, one tag whatever the units; the ordered
-      values are in the NPZ file);
+    - scalars `p/grad_norm_first`, `_middle`, `_last`: the batch-mean norm
+      at timesteps 0, T // 2, T - 1; `p/grad_norm_first_last_ratio`;
+    - `p/grad_norm_decay_factor` and `p/grad_norm_horizon`: fit_decay_factor
+      (< 1 vanishing, > 1 exploding) and effective_horizon (threshold 1e-3)
+      of the mean norms; `p/last_step_grad_norm_decay_factor` and
+      `p/last_step_grad_norm_horizon`: the same for the last-step view
+      `||dl_T/dh_t||` (`timestep_gradient_norms(..., last_step_only=True)`);
+    - `p/lyapunov_max`: the largest Lyapunov exponent (nats per step) on the
+      first 4 samples of `data` (of a layer's first call);
+    - `p/spectral_radius` of `W_hh`; `p/nonfinite`: 1 when a norm (either
+      view) is inf or NaN;
+    - histograms `p/log10_grad_norm` (every finite, non-zero (sample,
+      timestep) norm) and `p/lyapunov_spectrum` (the `min(units, 32)`
+      leading exponents; the ordered values are in the NPZ file);
     - image `p/last_step_grad_norm_heatmap`: log10 of the mean last-step
-      norm, one row per log (the 64 most recent), one column per timestep:
-      the picture of vanishing (dark early timesteps) or exploding credit.
+      norm, one row per log (the 64 most recent), one column per timestep.
 
     A custom-scalars layout (TensorBoard's "Custom Scalars" tab) groups each
     layer's charts into one category.
@@ -207,27 +198,18 @@ class GradientNormCallback(keras.callbacks.Callback):
     (NaN or inf), flagged with `nonfinite = 1` and reported with a warning on
     the `"keras_vrnn"` Python logger.
 
-    Distribution: under a `tf.distribute` strategy (`MirroredStrategy`,
-    `MultiWorkerMirroredStrategy`) the callback runs, like every Keras
-    callback, outside replica context: each measurement is one forward and
-    one backward pass on the whole fixed batch with the model's current
-    weights (replicated and identical on every replica), so it gives the same
-    numbers as without a strategy (Keras' per-replica loss scaling is undone,
-    see `timestep_gradient_norms`). With several workers every worker
-    measures; give each its own `log_dir`.
+    Distribution: under a `tf.distribute` strategy the numbers are those
+    without one (see `timestep_gradient_norms`). With several workers every
+    worker measures; give each its own `log_dir`.
 
     Resuming: with `resume=True`, a run restarted after an interruption (e.g.
-    with `keras.callbacks.BackupAndRestore`, which restores the weights and
-    the optimizer's step counter) continues the logs in `log_dir` instead of
-    starting them afresh: at the start of `fit` the callback reads the NPZ
-    file, keeps the logs at steps up to the restored step
-    `model.optimizer.iterations` (later ones were measured after the last
-    backup and are measured again), rewrites the NPZ and CSV files to match,
-    and counts on from that step (no extra measurement at the start). So an
-    interrupted and resumed run ends with the same files as an uninterrupted
-    one. TensorBoard event files are appended (TensorBoard's default
-    `--purge_orphaned_data` drops the interrupted run's later steps).
-    Without an NPZ file in `log_dir`, `resume=True` starts normally.
+    by `keras.callbacks.BackupAndRestore`, which restores the weights and the
+    optimizer's step) continues the logs in `log_dir`: the NPZ file's logs up
+    to the restored `model.optimizer.iterations` are kept (later ones are
+    measured again), the NPZ and CSV files rewritten to match, and counting
+    goes on from that step, so the files end as an uninterrupted run's.
+    TensorBoard event files are appended. Without an NPZ file in `log_dir`,
+    `resume=True` starts normally.
 
     Note: TensorBoard polls only the newest event file of a run by default;
     to see this callback's and Keras' `TensorBoard` logs update live in the
