@@ -78,26 +78,31 @@ def _log10(values):
 
 
 def _save(fig, png_path):
-    path = os.fspath(png_path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
+    """Writes `fig` as PNG to `png_path` (parent folders created), or into
+    a binary file object."""
     FigureCanvasAgg(fig)
-    fig.savefig(path, format="png")
+    if isinstance(png_path, (str, os.PathLike)):
+        os.makedirs(os.path.dirname(os.path.abspath(os.fspath(png_path))), exist_ok=True)
+    fig.savefig(png_path, format="png")
     return png_path
 
 
-def heatmap_figure(mean_norms, steps, title, dpi=100):
+def _axes(dpi):
+    fig = Figure(figsize=(7.0, 4.2), dpi=dpi)
+    fig.subplots_adjust(left=0.11, right=0.98, bottom=0.13, top=0.9)
+    return fig, fig.add_subplot()
+
+
+def heatmap_figure(mean_norms, steps, title, dpi=100, ylabel="training step"):
     """A `Figure` with the log10 heatmap of `mean_norms` (n_logs, T).
 
-    Rows are logging steps (labelled with `steps`), columns timesteps.
-    Zero (masked) and non-finite values are left blank (grey).
+    Rows are logging steps (labelled with `steps`; `ylabel` names them),
+    columns timesteps. Zero (masked) and non-finite values are left blank.
     """
     values = _log10(np.atleast_2d(mean_norms))
     steps = np.asarray(steps).reshape(-1)
     n_logs, timesteps = values.shape
-    fig = Figure(figsize=(7.0, 4.2), dpi=dpi)
-    fig.subplots_adjust(left=0.11, right=0.98, bottom=0.13, top=0.9)
-    ax = fig.add_subplot()
+    fig, ax = _axes(dpi)
     ax.set_facecolor("0.85")
     finite = values.compressed()
     vmin, vmax = (0.0, 1.0)
@@ -119,7 +124,7 @@ def heatmap_figure(mean_norms, steps, title, dpi=100):
     ax.set_yticks(ticks)
     ax.set_yticklabels([str(int(steps[i])) if i < steps.size else "" for i in ticks])
     ax.set_xlabel("timestep t")
-    ax.set_ylabel("training step")
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     fig.colorbar(image, ax=ax, label="log10 mean ||dL/dh_t||")
     return fig
@@ -127,25 +132,11 @@ def heatmap_figure(mean_norms, steps, title, dpi=100):
 
 def heatmap_png(mean_norms, steps, title, dpi=80):
     """The heatmap of `heatmap_figure` as PNG bytes (for TensorBoard)."""
-    fig = heatmap_figure(mean_norms, steps, title, dpi=dpi)
-    FigureCanvasAgg(fig)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    return buffer.getvalue()
+    return _save(heatmap_figure(mean_norms, steps, title, dpi=dpi), io.BytesIO()).getvalue()
 
 
-def plot_gradient_heatmap(npz_path, png_path, layer=None):
-    """Heatmap of log10 mean `||dL/dh_t||`: x = timestep, y = training step.
-
-    Args:
-        npz_path: A `gradient_norms.npz` written by `GradientNormCallback`.
-        png_path: Where to write the PNG (parent folders are created).
-        layer: Layer key (e.g. `"vanilla_rnn"` or `"bidirectional/forward"`);
-            default the first layer in the file.
-
-    Returns:
-        `png_path`.
-    """
+def _mean_norms(npz_path, layer):
+    """(layer key, its mean_norms (n_logs, T), steps) from a gradient_norms.npz."""
     data = load_gradient_norms(npz_path)
     key = _select(data, layer, npz_path)
     mean_norms = data["layers"][key].get("mean_norms")
@@ -154,39 +145,45 @@ def plot_gradient_heatmap(npz_path, png_path, layer=None):
             f"The file has no '{key}/mean_norms' array. "
             f"Received: npz_path={npz_path!r}."
         )
-    fig = heatmap_figure(mean_norms, data["steps"], f"BPTT gradient norms: {key}")
-    return _save(fig, png_path)
+    return key, mean_norms, data["steps"]
+
+
+def plot_gradient_heatmap(npz_path, png_path, layer=None):
+    """Heatmap of log10 mean `||dL/dh_t||`: x = timestep, y = training step.
+
+    Reads `npz_path` (a `gradient_norms.npz` of `GradientNormCallback`),
+    writes the PNG to `png_path` (parent folders created) and returns it.
+    `layer`: a layer key (e.g. `"vanilla_rnn"`, `"bidirectional/forward"`);
+    default the first layer in the file.
+    """
+    key, mean_norms, steps = _mean_norms(npz_path, layer)
+    return _save(heatmap_figure(mean_norms, steps, f"BPTT gradient norms: {key}"), png_path)
 
 
 def plot_norms_vs_steps_back(npz_path, png_path, layer=None):
     """Mean `||dL/dh_t||` against steps back from the last step, semilog-y.
 
     One curve per logged training step, coloured by step (colorbar). Zero
-    and non-finite values are not drawn.
-
-    Args:
-        npz_path: A `gradient_norms.npz` written by `GradientNormCallback`.
-        png_path: Where to write the PNG (parent folders are created).
-        layer: Layer key; default the first layer in the file.
-
-    Returns:
-        `png_path`.
+    and non-finite values are not drawn. Arguments and result as
+    `plot_gradient_heatmap`'s.
     """
+    key, mean_norms, steps = _mean_norms(npz_path, layer)
+    title = f"Gradient norm vs steps back: {key}"
+    return _save(steps_back_figure(mean_norms, steps, title), png_path)
+
+
+def steps_back_figure(mean_norms, steps, title, label="training step"):
+    """A `Figure` with one semilog-y curve per row of `mean_norms` (n, T)
+    against steps back, coloured by `steps` (colorbar named `label`)."""
     from matplotlib import cm
     from matplotlib import colormaps
     from matplotlib import colors
 
-    data = load_gradient_norms(npz_path)
-    key = _select(data, layer, npz_path)
-    mean_norms = np.asarray(data["layers"][key]["mean_norms"], np.float64)
-    mean_norms = np.atleast_2d(mean_norms)
-    steps = np.asarray(data["steps"]).reshape(-1)
+    mean_norms = np.atleast_2d(np.asarray(mean_norms, np.float64))
+    steps = np.asarray(steps).reshape(-1)
     n_logs, timesteps = mean_norms.shape
     steps_back = np.arange(timesteps - 1, -1, -1)
-
-    fig = Figure(figsize=(7.0, 4.2), dpi=100)
-    fig.subplots_adjust(left=0.11, right=0.98, bottom=0.13, top=0.9)
-    ax = fig.add_subplot()
+    fig, ax = _axes(100)
     lo = float(steps.min()) if steps.size else 0.0
     hi = float(steps.max()) if steps.size else 1.0
     norm = colors.Normalize(vmin=lo, vmax=hi if hi > lo else lo + 1.0)
@@ -205,7 +202,7 @@ def plot_norms_vs_steps_back(npz_path, png_path, layer=None):
         ax.set_yscale("log")
     ax.set_xlabel("steps back from the last step (T - 1 - t)")
     ax.set_ylabel("mean ||dL/dh_t||")
-    ax.set_title(f"Gradient norm vs steps back: {key}")
+    ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
-    fig.colorbar(cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label="training step")
-    return _save(fig, png_path)
+    fig.colorbar(cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label=label)
+    return fig
