@@ -819,9 +819,8 @@ def lyapunov_exponents(model, x, layer=None, num_exponents=None, warmup_steps=0)
         )
     sequences, h0, mask = _capture(model, x, [(key, layer)])[key]
     timesteps = sequences.shape[1]
-    if isinstance(warmup_steps, bool) or not isinstance(
-        warmup_steps, (int, np.integer)
-    ) or not 0 <= warmup_steps < timesteps:
+    ok = isinstance(warmup_steps, (int, np.integer)) and not isinstance(warmup_steps, bool)
+    if not ok or not 0 <= warmup_steps < timesteps:
         raise ValueError(
             f"`warmup_steps` must be an int in [0, {timesteps}) (the number of "
             f"timesteps). Received: warmup_steps={warmup_steps!r}."
