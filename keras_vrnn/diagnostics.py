@@ -530,20 +530,12 @@ def _cell_of(layer, what):
 def recurrent_kernel_stats(layer):
     """Spectral radius and largest singular value of a layer's `W_hh`.
 
-    These set the per-step gain of back-propagation through time: the
-    gradient is multiplied once per step by `diag(act'(z_t)) W_hh^T`, so for
-    a linear RNN the norms decay (or grow) like `spectral_radius ** k` over
-    `k` steps in the long run, and can grow transiently up to
-    `max_singular_value ** k`.
-
-    Args:
-        layer: A built `keras_vrnn.VanillaRNN`, a `keras.layers.RNN` wrapping
-            a `VanillaRNNCell`, or a `VanillaRNNCell`.
-
-    Returns:
-        A dict with float64 NumPy scalars `"spectral_radius"` (largest
-        |eigenvalue|) and `"max_singular_value"` (spectral norm). Both are
-        NaN when the kernel holds a non-finite value.
+    BPTT multiplies the gradient once per step by `diag(act'(z_t)) W_hh^T`:
+    for a linear RNN the norms go like `spectral_radius ** k` over `k` steps
+    in the long run, and transiently up to `max_singular_value ** k`.
+    `layer`: a built VanillaRNN, RNN(VanillaRNNCell) or VanillaRNNCell.
+    Returns float64 NumPy scalars `"spectral_radius"` (largest |eigenvalue|)
+    and `"max_singular_value"` (spectral norm), NaN for a non-finite kernel.
     """
     cell = _cell_of(layer, "recurrent_kernel_stats")
     if not cell.built:
@@ -879,20 +871,12 @@ def effective_horizon(norms, threshold=1e-3):
     """Steps back until the gradient norm falls below `threshold` times its
     last-step value.
 
-    The reference is the last step with a finite, non-zero norm (usually the
-    last step; masked trailing steps report 0). Zero and non-finite norms
-    before it are skipped.
-
-    Args:
-        norms: Array `(timesteps,)`, or `(batch, timesteps)`, in which case
-            the mean over the batch is used.
-        threshold: Positive float, the relative level. Default `1e-3`.
-
-    Returns:
-        The smallest `k >= 1` with `norms[r - k] < threshold * norms[r]`
-        (`r` the reference step) as a Python int; `T` (the number of
-        timesteps) when the norm never falls that low; NaN when no step has a
-        finite, non-zero norm.
+    `norms`: `(timesteps,)`, or `(batch, timesteps)` (the batch mean is
+    used). The reference `r` is the last step with a finite, non-zero norm
+    (masked trailing steps report 0); zero and non-finite norms are skipped.
+    Returns the smallest `k >= 1` with `norms[r - k] < threshold * norms[r]`
+    as a Python int; `T` when the norm never falls that low; NaN when no
+    step has a finite, non-zero norm.
     """
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not threshold > 0:
         raise ValueError(
