@@ -10,11 +10,11 @@ value of `W_hh`, the fitted per-step factor and effective horizon of
 Lyapunov exponent, on the arrays `--x` (default "x") and `--y` ("y") of
 DATA.npz, with the model's saved loss. SimpleRNN layers are measured on a
 clone where each is a VanillaRNN of the same config and weights (the header
-says so). Writes `<key>_heatmap.png` (every sample's `||dL/dh_t||`) and
-`<key>_steps_back.png` (both views' means) per layer to `--out` (default
-`MODEL_inspect` beside the model); a folder that already holds files is
-refused, so nothing is overwritten. Bad input prints one `error: ...` line
-on stderr, writes nothing and exits with status 2.
+says so; one inside a Bidirectional is not converted). Writes, per layer,
+`<key>_heatmap.png` (every sample's `||dL/dh_t||`) and `<key>_steps_back.png`
+(both views' means) to `--out` (default `MODEL_inspect` beside the model); a
+folder that already holds files is refused, so nothing is overwritten. Bad
+input prints one `error: ...` line on stderr, writes nothing, exits with 2.
 """
 
 import argparse
@@ -50,74 +50,87 @@ def as_vanilla(model):
 
 
 def inspect(model, x, y, layer=None):
-    """Per-layer numbers: `{key: {name: value}}`, and the norms of both
-    views, `{key: (norms, last_step_norms)}`, each `(batch, timesteps)`."""
+    """Per-layer numbers, `{key: {name: value}}`, and the norms of both views,
+    `{key: (norms, last_step_norms)}`, each `(batch, timesteps)`."""
     want, got = tuple(model.inputs[0].shape[1:]), np.shape(x)[1:]
     if len(got) != len(want) or any(w not in (None, g) for w, g in zip(want, got)):
-        raise ValueError(f"x does not fit the model's input. Received: x with shape {np.shape(x)}. Expected (batch, *{want}) (None: any).")
-    entries = diag.rnn_layers(model)
-    keys = [k for k, _ in entries]
-    if layer is not None and layer not in keys:
-        raise ValueError(f"No such vanilla RNN layer. Received: --layer {layer!r}. Expected one of {keys}.")
-    norms, last = (diag.timestep_gradient_norms(model, x, y, last_step_only=v) for v in (False, True))
+        raise ValueError(f"x does not fit the model's input. Received: x with shape "
+                         f"{np.shape(x)}. Expected (batch, *{want}) (None: any).")
+    entries = [(k, rnn) for k, rnn in diag.rnn_layers(model) if layer in (None, k)]
+    if not entries:
+        raise ValueError(f"No vanilla RNN layer to measure. Received: --layer {layer!r}. Expected "
+                         f"one of {[k for k, _ in diag.rnn_layers(model)]} (SimpleRNN layers "
+                         "inside a Bidirectional are not converted).")
+    views = [diag.timestep_gradient_norms(model, x, y, last_step_only=v) for v in (False, True)]
     stats, profiles = {}, {}
     for key, rnn in entries:
-        if layer not in (None, key):
-            continue
-        kernel = diag.recurrent_kernel_stats(rnn)
-        stats[key] = {name: float(v) for name, v in kernel.items()}
-        for view, n in (("", norms[key]), ("last_step_", last[key])):
-            stats[key].update({view + "factor": diag.fit_decay_factor(n), view + "horizon": diag.effective_horizon(n)})
+        stats[key] = {k: float(v) for k, v in diag.recurrent_kernel_stats(rnn).items()}
+        for view, n in zip(("", "last_step_"), (v[key] for v in views)):
+            stats[key][view + "factor"] = diag.fit_decay_factor(n)
+            stats[key][view + "horizon"] = diag.effective_horizon(n)
         stats[key]["lyapunov_max"] = float(diag.lyapunov_exponents(model, x, layer=key)[0])
-        profiles[key] = (norms[key], last[key])
+        profiles[key] = tuple(v[key] for v in views)
     return stats, profiles
+
+
+def write_plots(profiles, out):
+    """`<key>_heatmap.png` and `<key>_steps_back.png` per layer, in `out`."""
+    from keras_vrnn import plots
+
+    for key, (norms, last) in profiles.items():
+        p = os.path.join(out, tag_prefix(key))
+        fig = plots.heatmap_figure(norms, np.arange(len(norms)), f"||dL/dh_t||: {key}",
+                                   ylabel="sample")
+        plots._save(fig, p + "_heatmap.png")
+        fig = plots.steps_back_figure([norms.mean(0), last.mean(0)], [0, 1],
+                                      f"Gradient norm vs steps back: {key}", label="0: L, 1: l_T")
+        plots._save(fig, p + "_steps_back.png")
 
 
 def _load(args):
     try:
         model = keras.models.load_model(args.model)
     except Exception as e:
-        raise ValueError(f"Cannot load the model. Received: {args.model!r} ({e}). Expected a .keras file written by model.save.") from e
-    if not diag.rnn_layers(model) and not any(
-        isinstance(l, keras.layers.SimpleRNN) for l in model._flatten_layers()
-    ):
-        raise ValueError(f"No RNN layer in model '{model.name}'. Expected a VanillaRNN, RNN(VanillaRNNCell) or SimpleRNN layer.")
+        raise ValueError(f"Cannot load the model. Received: {args.model!r} ({e}). "
+                         "Expected a .keras file written by model.save.") from e
+    simple = [l for l in model._flatten_layers() if isinstance(l, keras.layers.SimpleRNN)]
+    if not diag.rnn_layers(model) and not simple:
+        raise ValueError(f"No RNN layer in model '{model.name}'. Expected a VanillaRNN, "
+                         "RNN(VanillaRNNCell) or SimpleRNN layer.")
     if not model.compiled:
-        raise ValueError(f"Model '{model.name}' was saved without a loss. Expected a model saved after model.compile(loss=...): compile it and save it again.")
+        raise ValueError(f"Model '{model.name}' was saved without a loss. Expected a model "
+                         "saved after model.compile(loss=...): compile it and save it again.")
     with np.load(args.data, allow_pickle=False) as data:
         missing = [k for k in (args.x, args.y) if k not in data.files]
         if missing:
-            raise ValueError(f"No array {missing[0]!r} in {args.data!r}. Expected one of {data.files} (set --x / --y).")
+            raise ValueError(f"No array {missing[0]!r} in {args.data!r}. Expected one of "
+                             f"{data.files} (set --x / --y).")
         return model, data[args.x], data[args.y]
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m keras_vrnn.inspect", description=__doc__.split("\n")[0])
-    for name in ("model", "data"):
-        parser.add_argument(name)
-    for flag, default in (("--x", "x"), ("--y", "y"), ("--layer", None), ("--out", None)):
-        parser.add_argument(flag, default=default)
+    parser = argparse.ArgumentParser("python -m keras_vrnn.inspect", description=__doc__)
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    for name, default in (("model", ...), ("data", ...), ("--x", "x"), ("--y", "y"),
+                          ("--layer", None), ("--out", None)):
+        parser.add_argument(name, **({} if default is ... else {"default": default}))
     args = parser.parse_args(argv)
     out = args.out or os.path.splitext(args.model)[0] + "_inspect"
     try:
-        if os.path.isdir(out) and os.listdir(out) or os.path.isfile(out):
-            raise ValueError(f"The output folder is not empty. Received: --out {out!r}. Expected a new or empty folder.")
+        if os.path.isdir(out) and os.listdir(out) or os.path.exists(out) and not os.path.isdir(out):
+            raise ValueError(f"The output folder is not empty. Received: --out {out!r}. "
+                             "Expected a new or empty folder.")
         model, x, y = _load(args)
         measured, converted = as_vanilla(model)
         stats, profiles = inspect(measured, x, y, args.layer)
     except Exception as e:  # one line, Keras style
         print("error: " + " ".join(str(e).split()), file=sys.stderr)
         return 2
-    from keras_vrnn import plots
-
-    print(f"model {args.model}, x {x.shape}, y {y.shape}" + (
-        f"; SimpleRNN {converted} measured as VanillaRNN (same config and weights)" if converted else ""))
+    note = f"; SimpleRNN {converted} measured as VanillaRNN (same config and weights)"
+    print(f"model {args.model}, x {x.shape}, y {y.shape}" + (note if converted else ""))
     for key, values in stats.items():
         print(key + ": " + ", ".join(f"{k}={v:.6g}" for k, v in values.items()))
-        norms, last = profiles[key]
-        p = os.path.join(out, tag_prefix(key))
-        plots._save(plots.heatmap_figure(norms, np.arange(len(norms)), f"||dL/dh_t||: {key}", ylabel="sample"), p + "_heatmap.png")
-        plots._save(plots.steps_back_figure(np.stack([norms.mean(0), last.mean(0)]), [0, 1], f"Gradient norm vs steps back: {key}", label="0: L, 1: l_T"), p + "_steps_back.png")
+    write_plots(profiles, out)
     print(f"plots in {out}")
     return 0
 
