@@ -29,7 +29,7 @@ Also printed per size:
   the step take when run alone (T sequential (B,H)x(H,H) products forward,
   T more backward, plus the one-shot GEMMs), measured in this same run;
 - the cost of one `keras_vrnn.timestep_gradient_norms` measurement relative
-  to one VanillaRNN train step (target <= 1.25);
+  to one VanillaRNN train step;
 - an estimated speedup ceiling: SimpleRNN's time over (the time of the same
   model with the recurrence taken out, `Dense(H, "tanh")` in place of the
   RNN, timed in the same rounds: input projection, activation, head, loss,
@@ -47,7 +47,7 @@ After the rounds, on a CPU: the float32 FMA peak of the same number of
 threads (`fma_peak.cc`: register-only FMA chains at the native kernels'
 vector width, built with their flags) and the share of it each size reaches.
 
-Usage: python benchmarks/benchmark.py [--rounds 40] [--json out.json]  (about 75 s on 2 cores)
+Usage: python benchmarks/benchmark.py [--rounds 40] [--json out.json]  (30-45 s on 2 cores)
 """
 
 import argparse

@@ -45,7 +45,7 @@ from keras_vrnn.fused import activation_derivative, project
 # one per intra-op thread.
 _MIN_PART_ROWS = 16
 # Default of KERAS_VRNN_BATCH_PARTS, chosen with benchmarks/benchmark.py on
-# a 2-core CPU (see README).
+# a 2-core CPU.
 _BATCH_PARTS = 2
 # A batch below this is not cut (decided at run time when its size is unknown
 # at trace time): each part would be too small a product for a second core

@@ -1,5 +1,6 @@
 """benchmarks/check_jax.py: the JAX-backend accuracy check that runs where
-only JAX is installed (an accelerator machine, see README).
+only JAX is installed (an accelerator machine;
+its numbers are in docs/benchmarks.md).
 
 Its float64 reference is checked against the tests' own reference, and the
 script itself runs on JAX's CPU backend in a subprocess: it passes on the
