@@ -168,6 +168,14 @@ def _unsupported_reason(features):
     return f"this CPU lacks {', '.join(missing)} (the native kernels need AVX2 and FMA)"
 
 
+def _isa_or_raise(isa):
+    """`isa`, else this CPU's (`choose_isa`); RuntimeError where it has none."""
+    isa = isa or choose_isa(cpu_features())
+    if isa is None:
+        raise RuntimeError(_unsupported_reason(cpu_features()))
+    return isa
+
+
 def build_flags(isa):
     """The compiler flags of one entry of ISAS (besides TensorFlow's own)."""
     return ["-shared", "-fPIC", "-O3", "-w", *ISAS[isa][1]]
@@ -191,9 +199,7 @@ def library_path(isa=None):
     """The cached file for this source, TensorFlow, compiler, flags and CPU."""
     import tensorflow as tf
 
-    isa = isa or choose_isa(cpu_features())
-    if isa is None:
-        raise RuntimeError(_unsupported_reason(cpu_features()))
+    isa = _isa_or_raise(isa)
     key = hashlib.sha256()
     for source in SOURCES:
         key.update(source.name.encode())
@@ -245,9 +251,7 @@ def build(path=None, isa=None, rebuild=False):
     message; later calls raise at once, without compiling, until `rebuild`
     (or a change of source, TensorFlow, compiler, flags or CPU).
     """
-    isa = isa or choose_isa(cpu_features())
-    if isa is None:
-        raise RuntimeError(_unsupported_reason(cpu_features()))
+    isa = _isa_or_raise(isa)
     path = Path(path or library_path(isa))
     record = failure_record(path)
     if rebuild:
