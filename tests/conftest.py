@@ -242,6 +242,21 @@ def check_against_reference(result, expected, tol, grads=True):
             assert_rel_close(result[key], expected[key], tol, key)
 
 
+def pytest_collection_modifyitems(config, items):
+    """Skips tests marked `tensorflow_only` on any other Keras backend."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        return
+    skip = pytest.mark.skip(
+        reason=f"needs the TensorFlow backend (KERAS_BACKEND={backend})"
+    )
+    for item in items:
+        if "tensorflow_only" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture
 def fused_calls(monkeypatch):
     """Counts calls of the fused path (`VanillaRNN._fused_inner_loop`), so a
