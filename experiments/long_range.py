@@ -5,20 +5,25 @@ travel (`experiments.tasks`): the adding problem (Le et al., 2015; metric
 test MSE, baseline 1/6) and copy memory (Arjovsky et al., 2016; test
 cross-entropy in nats per step, baseline `tasks.copy_memory_baseline(T)`).
 
-Four models, 64 units and a Dense head: `rnn_tanh` (VanillaRNN, tanh,
+Five models, 64 units and a Dense head: `rnn_tanh` (VanillaRNN, tanh,
 orthogonal W_hh, Adam); `irnn` (relu, W_hh = identity, input weights
 N(0, 0.001^2) and a small learning rate, as in Le et al.); `rnn_tanh_clip`
 (rnn_tanh with global-norm clipping, Pascanu et al., 2013: it tames
-exploding gradients but cannot bring back vanished ones); `lstm`
-(`keras.layers.LSTM`, the gated reference).
+exploding gradients but cannot bring back vanished ones);
+`rnn_tanh_clip_omega` (rnn_tanh_clip trained on loss + omega_strength x
+Omega, `keras_vrnn.VanishingGradientRegularizer`: the paper's combination
+against both); `lstm` (`keras.layers.LSTM`, the gated reference).
 
     python -m experiments.long_range                     # defaults, 24 configs
+    python -m experiments.long_range --budget long       # adding T=100, 5 models
     python -m experiments.long_range --adding_lengths 200,400 \\
         --copy_lengths 100 --train_steps 5000 --workers 2  # a bigger sweep
     python -m experiments.long_range --help              # every setting
 
 The defaults cost about 8 minutes of CPU time; the LSTM about as much as the
-three vanilla RNNs together. Each (task, T, model) is one configuration of a
+three vanilla RNNs together. `--budget long` (the flags of `BUDGETS["long"]`;
+flags given after it win) trains the adding problem at T = 100 long enough
+for the LSTM to solve it (docs/results.md has a run and its time). Each (task, T, model) is one configuration of a
 sweep (`experiments.sweep`: resumable, dask workers, HParams). It trains
 `train_steps` Adam steps on fresh sequences, keeps the weights of the best
 validation loss (checked every `steps_per_epoch` steps) and reports the test
@@ -32,7 +37,8 @@ When T exceeds the horizon the early steps get no gradient and the model
 stays at the baseline. The LSTM has no VanillaRNN layer to probe.
 
 Outputs (`runs/long_range/<run_name>/`): results.json, results.md (metric vs
-T per model), plots/metric_vs_T.png, plots/final_gradient_norms.png, and per
+T per model), plots/metric_vs_T.png, plots/final_gradient_norms.png (a panel per model),
+plots/gradient_norms_by_model.png (a panel per task and T), and per
 configuration configs/<id>/ (result.json, logs/, plots/, HParams).
 """
 
@@ -51,7 +57,12 @@ from experiments import tasks
 from experiments.common import option
 from experiments.sweep import fmt
 
-MODELS = ("rnn_tanh", "irnn", "rnn_tanh_clip", "lstm")
+MODELS = ("rnn_tanh", "irnn", "rnn_tanh_clip", "rnn_tanh_clip_omega", "lstm")
+# Presets of --budget: flags put before the command line's, which win.
+BUDGETS = {"default": [], "long": [
+    "--adding_lengths", "100", "--copy_lengths", "", "--train_steps", "5000",
+    "--steps_per_epoch", "250", "--grad_every_n_batches", "500",
+    "--models", "rnn_tanh,rnn_tanh_clip,irnn,rnn_tanh_clip_omega,lstm"]}
 LAYER = "rnn"
 METRIC_NAMES = ("metric", "baseline", "metric_ratio", "grad_factor_end", "grad_horizon_end")
 
@@ -66,8 +77,10 @@ class Config(sweep.SweepConfig):
     # An empty list skips the task.
     adding_lengths: str = option("20,50,100", "Comma-separated T of the adding problem ('' skips it).")
     copy_lengths: str = option("10,20,40", "Comma-separated delays T of copy memory ('' skips it).")
-    models: str = option("rnn_tanh,irnn,rnn_tanh_clip,lstm",
-                         "Comma-separated models: rnn_tanh, irnn, rnn_tanh_clip, lstm.")
+    models: str = option("rnn_tanh,irnn,rnn_tanh_clip,lstm", "Comma-separated models: "
+                         "rnn_tanh, irnn, rnn_tanh_clip, rnn_tanh_clip_omega, lstm.")
+    budget: str = option("default", "Preset of the settings (BUDGETS): default, or long "
+                         "(adding T=100, 5000 steps, all five models).", choices=tuple(BUDGETS))
     # Arjovsky et al. copy 10 symbols, which stays at the baseline for
     # thousands of steps beyond the default budget; 3 is learnable in it.
     copy_len: int = option(3, "Copy memory: number of symbols to copy (Arjovsky et al.: 10).")
@@ -83,7 +96,8 @@ class Config(sweep.SweepConfig):
     # Le et al. (2015) train IRNNs with a small learning rate.
     irnn_learning_rate: float = option(1e-4, "Adam learning rate of irnn.")
     # Pascanu et al. (2013): rescale the whole gradient to this norm.
-    clipnorm: float = option(1.0, "Global gradient-norm threshold of rnn_tanh_clip.")
+    clipnorm: float = option(1.0, "Global gradient-norm threshold of rnn_tanh_clip(_omega).")
+    omega_strength: float = option(1.0, "Weight of Pascanu et al.'s Omega in rnn_tanh_clip_omega.")
     validation_samples: int = option(256, "Validation sequences (best weights).")
     # A multiple of 256 (the evaluation batch): one batch shape to compile.
     test_samples: int = option(1024, "Test sequences for the final metric.")
@@ -103,6 +117,7 @@ class Config(sweep.SweepConfig):
                      "validation_samples", "test_samples", "grad_samples"):
             common.check_int(name, getattr(self, name))
         common.check_int("n_symbols", self.n_symbols, minimum=2)
+        common.check_number("omega_strength", self.omega_strength, low_ok=True)
         for name in ("learning_rate", "irnn_learning_rate", "clipnorm"):
             common.check_number(name, getattr(self, name))
         common.check_number("solved_fraction", self.solved_fraction, high=1)
@@ -168,8 +183,11 @@ def build_model(task, T, model_name, settings, seed):
                                           name="logits")]
         loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     model = keras.Sequential(layers, name=f"{task}_{model_name}")
+    if model_name == "rnn_tanh_clip_omega":
+        model = keras_vrnn.VanishingGradientRegularizer(model, settings["omega_strength"],
+                                                        name=f"{task}_{model_name}")
     lr = settings["irnn_learning_rate" if model_name == "irnn" else "learning_rate"]
-    clip = settings["clipnorm"] if model_name == "rnn_tanh_clip" else 0.0
+    clip = settings["clipnorm"] if model_name.startswith("rnn_tanh_clip") else 0.0
     model.compile(optimizer=training.make_optimizer("adam", lr, clip), loss=loss, jit_compile=False)
     return model
 
@@ -329,6 +347,26 @@ def plot_final_gradients(rows, workdir, config, png):
     return sweep.plot_panels(png, config.tasks(), models, draw, (4.2, 3.6)) if models else None
 
 
+def plot_gradient_comparison(rows, workdir, config, png):
+    """Mean ||dL/dh_t|| vs steps back at the end of training, a panel per
+    (task, T), a curve per VanillaRNN model (None without such models)."""
+    models, by_key = [m for m in config.model_list() if m != "lstm"], sweep.index_rows(rows, GRID)
+    panels = [(task, T) for task, lengths in config.tasks() for T in lengths]
+
+    def draw(ax, _, panel):
+        curves = []
+        for m in models:
+            row = by_key.get((*panel, m))
+            profile = row and sweep.config_profile(
+                workdir, row["config_id"], os.path.join(common.LOGS_DIR, "gradient_norms.npz"),
+                read=_last_mean_norms)
+            label = m + (f" ({fmt(row['metric'])})" if row and row.get("metric") else "")
+            curves.append((profile, label, dict(color=f"C{config.model_list().index(m)}")))
+        sweep.steps_back_panel(ax, "{}, T={}: end of training".format(*panel), curves)
+
+    return sweep.plot_panels(png, [None], panels, draw, (5.0, 3.8)) if models else None
+
+
 def train_and_evaluate(config, workdir):
     """Runs (or resumes) the sweep; writes results.json, results.md, plots."""
     start = time.perf_counter()
@@ -337,7 +375,8 @@ def train_and_evaluate(config, workdir):
                            functools.partial(run_config, settings=settings), METRIC_NAMES)
     rows, out = sweep.rows_of(records), common.plots_dir(workdir)
     pngs = [plot_metrics(rows, config, out / "metric_vs_T.png"),
-            plot_final_gradients(rows, workdir, config, out / "final_gradient_norms.png")]
+            plot_final_gradients(rows, workdir, config, out / "final_gradient_norms.png"),
+            plot_gradient_comparison(rows, workdir, config, out / "gradient_norms_by_model.png")]
     results = sweep.results_of(
         "long_range", records, time.perf_counter() - start,
         baselines={f"{task}_T{T}": baseline(task, T, settings)
@@ -347,6 +386,14 @@ def train_and_evaluate(config, workdir):
 
 
 def main(argv=None):
+    import argparse
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--budget", default="default")
+    budget = pre.parse_known_args(argv)[0].budget
+    argv = BUDGETS.get(budget, []) + argv  # an unknown one: the parser's error
     return sweep.run_sweep_main(train_and_evaluate, Config, argv, configurations=configurations)
 
 

@@ -15,6 +15,7 @@ from keras_vrnn.diagnostics import recurrent_kernel_stats
 from keras_vrnn.diagnostics import state_jacobian_norms
 from keras_vrnn.diagnostics import timestep_gradient_norms
 from keras_vrnn.layer import VanillaRNN
+from keras_vrnn.regularizers import VanishingGradientRegularizer
 
 __version__ = "0.1.0"
 
@@ -22,6 +23,7 @@ __all__ = [
     "GradientNormCallback",
     "VanillaRNN",
     "VanillaRNNCell",
+    "VanishingGradientRegularizer",
     "effective_horizon",
     "fit_decay_factor",
     "initializers",
