@@ -1,5 +1,5 @@
-"""Tests for experiments/dynamics.py: theory check on a linear RNN, the
-derivative statistics, model reuse, and a tiny end-to-end sweep."""
+"""Tests for experiments/dynamics.py: theory and lambda_1 checks on a linear
+RNN, the derivative statistics, model reuse, and a tiny end-to-end sweep."""
 
 import json
 import os
@@ -23,7 +23,7 @@ def test_linear_rnn_factor_matches_spectral_radius(gain):
     # only: ||dL/dh_t|| = gain^(T-1-t) ||dL/dh_{T-1}|| exactly.
     s = _settings()
     x, y = dynamics.make_task(8, 40, seed=1)
-    model = dynamics.get_model("linear", 40, s["units"], s["learning_rate"], s["clipnorm"])
+    model = dynamics.build_model("linear", 40, s["units"], s["learning_rate"], s["clipnorm"])
     dynamics.initialize(model, gain, seed=0, learning_rate=1e-3)
     metrics, profiles = dynamics.measure(model, x, y, "linear")
     assert metrics["spectral_radius"] == pytest.approx(gain, rel=1e-6)
@@ -31,8 +31,31 @@ def test_linear_rnn_factor_matches_spectral_radius(gain):
     assert metrics["factor"] == pytest.approx(metrics["theory"], rel=0.05)
     assert metrics["factor"] == pytest.approx(gain, rel=1e-3)  # in fact exact
     assert metrics["jacobian_factor"] == pytest.approx(gain, rel=1e-3)
+    # Every Jacobian is gain * Q^T: every direction grows by exactly gain.
+    assert metrics["lyapunov"] == pytest.approx(np.log(gain), abs=1e-6)
     ratios = profiles["mean_norms"][:-1] / profiles["mean_norms"][1:]
     np.testing.assert_allclose(ratios, gain, rtol=1e-3)
+
+
+def test_lyapunov_is_measured_on_the_eval_sequences(tmp_path):
+    # NumPy reference: lambda_1 of the tanh trajectory on the eval batch,
+    # one random vector pushed through J_t = diag(1 - h_t^2) U^T per sample.
+    s = _settings()
+    params = {"activation": "tanh", "gain": 1.5, "T": 30}
+    row = dynamics.run_config(params, str(tmp_path), s)
+    model = dynamics.build_model("tanh", 30, s["units"], s["learning_rate"], s["clipnorm"])
+    w, u, b = (np.asarray(v, np.float64) for v in model.get_layer("rnn").get_weights())
+    x, _ = dynamics.make_task(s["eval_samples"], 30, seed=s["seed"] + 1)
+    h, v = np.zeros((x.shape[0], 8)), np.ones((x.shape[0], 8)) / np.sqrt(8)
+    total = np.zeros(x.shape[0])
+    for t in range(30):
+        h = np.tanh(x[:, t].astype(np.float64) @ w + h @ u + b)
+        v = (1 - h**2) * (v @ u)  # row vectors: v J_t^T
+        total += np.log(np.linalg.norm(v, axis=1))
+        v /= np.linalg.norm(v, axis=1, keepdims=True)
+    # A different start vector: equal up to the alignment transient.
+    assert row["init_lyapunov"] == pytest.approx(np.mean(total / 30), abs=0.03)
+    assert row["init_lyapunov"] < np.log(1.5)  # saturation: below log(gain)
 
 
 def test_activation_derivative_stats():
@@ -68,15 +91,16 @@ def test_reused_model_gives_the_same_results(tmp_path):
     # a configuration is in the state of a freshly built one.
     s = _settings(train_steps=4, steps_per_epoch=2, grad_every_n_batches=100)
     params = {"activation": "tanh", "gain": 1.25, "T": 12}
-    dynamics.get_model.cache_clear()
+    dynamics.build_model.cache_clear()
     os.makedirs(tmp_path / "a")
     fresh = dynamics.run_config(params, str(tmp_path / "a"), s)
     # The cached model now holds trained weights and Adam moments.
-    assert dynamics.get_model.cache_info().currsize == 1
+    assert dynamics.build_model.cache_info().currsize == 1
     os.makedirs(tmp_path / "b")
     reused = dynamics.run_config(params, str(tmp_path / "b"), s)
-    assert dynamics.get_model.cache_info().hits >= 1
-    for key in ("init_factor", "trained_factor", "final_train_loss", "trained_spectral_radius"):
+    assert dynamics.build_model.cache_info().hits >= 1
+    for key in ("init_factor", "trained_factor", "final_train_loss", "trained_spectral_radius",
+                "init_lyapunov", "trained_lyapunov"):
         assert reused[key] == pytest.approx(fresh[key], rel=1e-5), key
 
 
@@ -111,21 +135,32 @@ def test_tiny_sweep_end_to_end(tmp_path, capsys):
     assert blown["diverged_phase"] == "init" and blown["init_factor"] is None
     assert blown["init_jacobian_factor"] == pytest.approx(1000, rel=1e-3)
     assert blown["init_theory"] == pytest.approx(1000, rel=1e-6)
+    # lambda_1 from the float64 trajectory: finite where float32 overflowed.
+    assert blown["init_lyapunov"] == pytest.approx(np.log(1000), abs=1e-6)
     # Linear, gain 0.9, learning rate 1: measured at init, then diverges
     # during training (recorded with its step, not a crash).
     trained = rows["linear_g0.9_T40"]
     assert trained["status"] == "diverged" and trained["diverged_phase"] == "train"
     assert 1 <= trained["diverged_step"] <= 4
     assert trained["init_factor"] == pytest.approx(0.9, rel=1e-3)
+    assert trained["init_lyapunov"] == pytest.approx(np.log(0.9), abs=1e-6)
     for key in ("init_theory", "init_theory_rms", "init_horizon", "init_mean_abs_dact",
                 "init_spectral_radius", "target_variance"):
         assert np.isfinite(trained[key]), key
     summary = on_disk["summary"][0]
     assert summary["activation"] == "linear" and len(summary["diverged"]) == 2
     assert summary["init_theory_median_rel_err"] < 1e-3
+    # log(factor) = lambda_1 = log(g) for the linear RNN; exp(lambda_1) = 1 at g = 1.
+    assert abs(summary["init_log_factor_minus_lyapunov_median"]) < 1e-3
+    assert summary["init_lyapunov_crossing_gain"] == pytest.approx(1.0, rel=1e-6)
     md = (workdir / "results.md").read_text()
     assert "## T = 40, at initialisation" in md and "overflow@0 (jac 1e+03)" in md
-    assert "| 0.9 | 0.9 / 0.9 |" in md and "diverged@" in md
+    assert "| 0.9 | 0.9 / 0.9 ‖ -0.105 / -0.105 |" in md and "diverged@" in md
+    assert "overflow@0 (jac 1e+03) ‖ – / 6.91" in md
+    header = next(line for line in md.splitlines() if line.startswith("| config |"))
+    assert "| init log_factor | init lambda1 |" in header
+    assert "| trained log_factor | trained lambda1 |" in header
+    assert "lambda1 = 0 at gain (init)" in md and "median log_factor - lambda1" in md
     for name in ("norms_vs_steps_back_T40.png", "factor_vs_gain.png"):
         assert _png_ok(workdir / "plots" / name)
     config = json.loads((workdir / "config.json").read_text())
