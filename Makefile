@@ -1,4 +1,5 @@
-# Two entry points (see README): `make run` (set up, then the default experiment) and `make test`.
+# Two entry points (see README): `make run` (set up, then the main job: the recurrent
+# gain study on Shakespeare) and `make test`.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -19,7 +20,7 @@ native: $(STAMP)
 	-$(PY) -m keras_vrnn.native
 
 run: native
-	$(PY) -m experiments.text
+	$(PY) -m experiments.gains
 
 test: native
 	$(PY) -m pytest -n 2 -q

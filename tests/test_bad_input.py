@@ -9,6 +9,7 @@ is created, changed or deleted.
 import numpy as np
 import pytest
 
+from experiments import gains
 from experiments import text
 from experiments import timeseries
 
@@ -213,17 +214,25 @@ CLI = {
         "timeseries", ["--init_from", "{d}/gone.keras"], "no such file"),
     "timeseries init_from empty": (
         "timeseries", ["--init_from", "{d}/empty.keras"], "0 bytes"),
+    # the gain study: its own settings, then those of experiments.text
+    "gains gain 0": ("gains", ["--gains", "0,1"], "gains='0,1'"),
+    "gains gain not a number": ("gains", ["--gains", "0.5,big"], "gains='0.5,big'"),
+    "gains recurrent_gain set": ("gains", ["--recurrent_gain", "2"], "recurrent_gain=2.0"),
+    "gains strategy mirrored": ("gains", ["--strategy", "mirrored"], "strategy='mirrored'"),
+    "gains hidden 0": ("gains", ["--hidden", "0"], "hidden=0"),
+    "gains missing text file": ("gains", ["--text_file", "{d}/nope.txt"], "no such file"),
+    "gains binary text file": ("gains", ["--text_file", "{d}/blob.bin"], "binary"),
     # finished runs are never overwritten
     "text finished run": ("text", ["--run_name", "done"], "is a finished run"),
     "timeseries finished run": (
         "timeseries", ["--run_name", "done"], "is a finished run"),
 }
-MODULES = {"text": text, "timeseries": timeseries}
+MODULES = {"text": text, "timeseries": timeseries, "gains": gains}
 
 
 def _argv(experiment, args, d, root=None):
     base = ["--workdir_root", str(d / "runs" if root is None else root)]
-    if experiment == "text":
+    if experiment in ("text", "gains"):
         base += TEXT_TINY + ["--text_file", str(d / "good.txt")]
     return base + [a.replace("{d}", str(d)) for a in args]
 
@@ -279,7 +288,7 @@ def test_bad_input_in_real_processes(ref, tmp_path):
     (concurrently; they exit before TensorFlow is imported)."""
     _make_inputs(tmp_path)
     before = _snapshot(tmp_path)
-    cases = ("text unknown strategy", "text latin-1 file",
+    cases = ("text unknown strategy", "text latin-1 file", "gains gain 0",
              "timeseries init_from random bytes", "csv NaN-only column")
     ref.assert_cli_errors({
         case: (
