@@ -158,9 +158,9 @@ def test_tiny_sweep_end_to_end(tmp_path, capsys):
     assert "| 0.9 | 0.9 / 0.9 ‖ -0.105 / -0.105 |" in md and "diverged@" in md
     assert "overflow@0 (jac 1e+03) ‖ – / 6.91" in md
     header = next(line for line in md.splitlines() if line.startswith("| config |"))
-    assert "| init log_factor | init lambda1 |" in header
-    assert "| trained log_factor | trained lambda1 |" in header
-    assert "lambda1 = 0 at gain (init)" in md and "median log_factor - lambda1" in md
+    assert "| init_log_factor | init_lyapunov |" in header
+    assert "| trained_log_factor | trained_lyapunov |" in header
+    assert "lambda1 = 0 at gain (init)" in md and "median log_factor - lambda1 (init)" in md
     for name in ("norms_vs_steps_back_T40.png", "factor_vs_gain.png"):
         assert _png_ok(workdir / "plots" / name)
     config = json.loads((workdir / "config.json").read_text())
