@@ -27,13 +27,14 @@ rec_mask, probe, weight_gradients)`:
   machine on first use (`keras_vrnn.native`); where they cannot be built, on
   an accelerator, in float16 or inside an XLA-compiled function, an
   XLA-compiled `tf.while_loop` with `tf.custom_gradient`;
-- `keras_vrnn.fused_jax` (JAX): `lax.scan` with `jax.custom_vjp`.
+- `keras_vrnn.fused_jax` (JAX): `lax.scan` with `jax.custom_vjp`;
+- `keras_vrnn.fused_torch` (PyTorch): torch's own RNN kernel (tanh and relu;
+  no probe or recurrent dropout while training).
 
-This module holds what both share and imports neither. Other backends, masks,
-`unroll=True` and activations other than tanh, relu, sigmoid and linear use
-the generic loop.
+This module holds what they share and imports none of them. Masks,
+`unroll=True` and other activations use the generic loop.
 
-A gradient probe (see `keras_vrnn.probe`) is supported: `h_t = act(z_t) +
+A gradient probe (see `keras_vrnn.probe`) is supported on TensorFlow and JAX: `h_t = act(z_t) +
 p_t`, and the probe's gradient is the total dL/dh_t the reverse loop already
 computes.
 """
@@ -43,6 +44,7 @@ from keras import activations
 from keras import ops
 
 SUPPORTED_ACTIVATIONS = ("tanh", "relu", "sigmoid", "linear")
+TORCH_ACTIVATIONS = ("tanh", "relu")  # keras_vrnn.fused_torch.KERNELS
 
 
 def activation_name(activation):
@@ -55,22 +57,24 @@ def activation_name(activation):
     return None
 
 
-def unsupported_reason(layer, mask, direct_only=False):
+def unsupported_reason(layer, mask, probe=None, training=False):
     """Why the fused path cannot run `layer` (a string), or None if it can."""
     backend = keras.backend.backend()
-    if backend not in ("tensorflow", "jax"):
-        return f"the {backend} backend is not covered (tensorflow and jax are)"
+    if backend not in ("tensorflow", "jax", "torch"):
+        return f"the {backend} backend is not covered"
     if mask is not None:
         return "a mask was given (masked steps need the generic loop)"
     if layer.unroll:
         return "unroll=True asks for the unrolled generic loop"
-    if activation_name(layer.cell.activation) is None:
-        return (
-            f"activation {layer.cell.activation!r} is not one of "
-            f"{SUPPORTED_ACTIVATIONS}"
-        )
-    if direct_only:
+    covered = TORCH_ACTIVATIONS if backend == "torch" else SUPPORTED_ACTIVATIONS
+    if activation_name(layer.cell.activation) not in covered:
+        return f"activation {layer.cell.activation!r} is not one of {covered}"
+    if probe is not None and probe.direct_only:
         return "a direct-only gradient probe cuts the recurrence"
+    if backend == "torch" and probe is not None:
+        return "torch's RNN kernel cannot add a gradient probe"
+    if backend == "torch" and training and layer.cell.recurrent_dropout > 0:
+        return "torch's RNN kernel has no recurrent dropout"
     return None
 
 

@@ -15,6 +15,8 @@ if keras.backend.backend() == "tensorflow":
     from keras_vrnn import fused_tf as _fused_backend
 elif keras.backend.backend() == "jax":
     from keras_vrnn import fused_jax as _fused_backend
+elif keras.backend.backend() == "torch":
+    from keras_vrnn import fused_torch as _fused_backend
 else:
     _fused_backend = None
 
@@ -231,14 +233,15 @@ class VanillaRNN(keras.layers.RNN):
         if isinstance(mask, (list, tuple)):
             mask = mask[0]
         probe = probe_lib.lookup(self, sequences, initial_state, mask)
-        # A direct-only probe cuts the recurrence, which only the generic
-        # loop can do; a diagnostic must not fail on the user's use_fused.
-        direct_only = probe is not None and probe.direct_only
-        if self.use_fused is not False and not direct_only:
-            reason = fused.unsupported_reason(self, mask)
+        if self.use_fused is not False:
+            reason = fused.unsupported_reason(self, mask, probe, training)
             if reason is None:
                 return self._fused_inner_loop(sequences, initial_state, training, probe)
-            if self.use_fused is True:
+            # A probe the fused path cannot take falls back: a diagnostic
+            # must not fail on the user's use_fused.
+            if self.use_fused is True and (
+                probe is None or fused.unsupported_reason(self, mask, None, training)
+            ):
                 raise ValueError(
                     f"Layer '{self.name}' has use_fused=True but the fused path "
                     f"cannot run this configuration: {reason}. Pass "

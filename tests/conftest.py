@@ -19,8 +19,9 @@ import os
 import sys
 
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
-# The TensorFlow-side tests use tf.GradientTape; JAX is exercised in a
-# subprocess (tests/test_jax_backend.py). An explicit KERAS_BACKEND wins.
+# TensorFlow unless KERAS_BACKEND says otherwise: `make test` runs the
+# backend-neutral files (BACKEND_TESTS) again under JAX and PyTorch, where
+# tests marked `tensorflow_only` are skipped.
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import numpy as np  # noqa: E402
@@ -46,7 +47,17 @@ _ACT = {
 }
 
 
+def fused_covers(activation):
+    """Whether the running backend's fused path takes `activation` (on
+    PyTorch, torch's RNN kernel has tanh and relu only)."""
+    import keras
+
+    return keras.backend.backend() != "torch" or activation in ("tanh", "relu")
+
+
 def f64(a):
+    if hasattr(a, "detach"):  # a torch tensor (which may require grad)
+        a = a.detach().cpu()
     return np.asarray(a, dtype=np.float64)
 
 
@@ -185,49 +196,90 @@ def make_problem(
 
 def run_tf(layer, x, initial_state=None, c=None, c_state=None, training=False,
            mask=None):
-    """Calls an RNN layer under a tf.GradientTape and returns a dict with the
-    output `y`, the final `state` (if `return_state`), the loss and its
-    gradients `dx`, `dW`, `dU`, `db` (None without bias) and `dh0`.
+    """Calls an RNN layer and differentiates it with the running backend's
+    own autodiff (tf.GradientTape, jax.value_and_grad, torch.autograd).
 
-    The loss is `sum(c * y) + sum(c_state * state)`; `c` defaults to ones.
+    Returns a dict with the output `y`, the final `state` (if
+    `return_state`), the loss and its gradients `dx`, `dW`, `dU`, `db` (None
+    without bias) and `dh0`. The loss is `sum(c * y) + sum(c_state * state)`;
+    `c` defaults to ones.
     """
-    import tensorflow as tf
+    import keras
+    from keras import ops
 
-    x = tf.constant(x)
-    h0 = None if initial_state is None else tf.constant(initial_state)
+    backend = keras.backend.backend()
+    if not layer.built:
+        layer.build(x.shape)
+    weights = list(layer.trainable_weights)
     kwargs = {"training": training}
-    if h0 is not None:
-        kwargs["initial_state"] = h0
     if mask is not None:
-        kwargs["mask"] = tf.constant(mask)
-    with tf.GradientTape() as tape:
-        tape.watch(x)
+        kwargs["mask"] = ops.convert_to_tensor(mask)
+
+    def loss_of(x, h0):
         if h0 is not None:
-            tape.watch(h0)
+            kwargs["initial_state"] = h0
         out = layer(x, **kwargs)
-        if getattr(layer, "return_state", False):
-            y, state = out[0], out[1]
-        else:
-            y, state = out, None
-        y32 = tf.cast(y, "float32")
-        loss = tf.reduce_sum((1.0 if c is None else c) * y32)
-        if state is not None and c_state is not None:
-            loss += tf.reduce_sum(c_state * tf.cast(state, "float32"))
-    weights = layer.trainable_weights
-    sources = [x] + list(weights) + ([h0] if h0 is not None else [])
-    grads = tape.gradient(loss, sources)
-    grads = [None if g is None else np.asarray(g) for g in grads]
-    result = {
-        "y": np.asarray(y32),
-        "state": None if state is None else np.asarray(tf.cast(state, "float32")),
-        "loss": float(loss),
+        y, state = (out[0], out[1]) if getattr(layer, "return_state", False) else (out, None)
+        y = ops.cast(y, "float32")
+        loss = ops.sum((1.0 if c is None else ops.convert_to_tensor(c)) * y)
+        if state is not None:
+            state = ops.cast(state, "float32")
+            if c_state is not None:
+                loss = loss + ops.sum(ops.convert_to_tensor(c_state) * state)
+        return loss, (y, state)
+
+    x = ops.convert_to_tensor(x)
+    h0 = None if initial_state is None else ops.convert_to_tensor(initial_state)
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            if h0 is not None:
+                tape.watch(h0)
+            loss, (y, state) = loss_of(x, h0)
+        grads = tape.gradient(loss, [x] + weights + ([h0] if h0 is not None else []))
+        grads = list(grads) + ([None] if h0 is None else [])
+    elif backend == "jax":
+        import jax
+
+        others = list(layer.non_trainable_variables)
+
+        def f(values, x, h0):
+            with keras.StatelessScope(state_mapping=list(zip(weights, values))) as scope:
+                loss, aux = loss_of(x, h0)
+            return loss, (aux, [scope.get_current_value(v) for v in others])
+
+        (loss, ((y, state), updates)), grads = jax.value_and_grad(
+            f, argnums=(0, 1, 2), has_aux=True
+        )([w.value for w in weights], x, h0)
+        for variable, value in zip(others, updates):  # the seed generator's
+            if value is not None:
+                variable.assign(value)
+        grads = [grads[1], *grads[0], grads[2]]
+    else:
+        import torch
+
+        x.requires_grad_()
+        if h0 is not None:
+            h0.requires_grad_()
+        loss, (y, state) = loss_of(x, h0)
+        sources = [x] + [w.value for w in weights] + [h0]
+        grads = torch.autograd.grad(
+            loss, [s for s in sources if s is not None], allow_unused=True
+        )
+        grads = list(grads) + ([None] if h0 is None else [])
+    grads = [None if g is None else ops.convert_to_numpy(g) for g in grads]
+    return {
+        "y": ops.convert_to_numpy(y),
+        "state": None if state is None else ops.convert_to_numpy(state),
+        "loss": float(ops.convert_to_numpy(loss)),
         "dx": grads[0],
         "dW": grads[1],
         "dU": grads[2],
         "db": grads[3] if len(weights) == 3 else None,
         "dh0": grads[-1] if h0 is not None else None,
     }
-    return result
 
 
 def check_against_reference(result, expected, tol, grads=True):
@@ -347,6 +399,7 @@ __all__ = [
     "ACTIVATIONS",
     "assert_cli_errors",
     "error_line",
+    "fused_covers",
     "assert_rel_close",
     "check_against_reference",
     "make_problem",

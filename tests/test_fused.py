@@ -18,10 +18,8 @@ from keras_vrnn import probe as probe_lib
 from keras_vrnn.probe import attached_probe
 from rnn_configs import ACTIVATIONS
 
-pytestmark = pytest.mark.skipif(
-    keras.backend.backend() != "tensorflow",
-    reason="TensorFlow-side tests (JAX is covered by test_jax_backend.py)",
-)
+BACKEND = keras.backend.backend()
+tensorflow_only = pytest.mark.tensorflow_only
 
 FWD_TOL = 1e-5
 GRAD_TOL = 1e-4
@@ -62,11 +60,15 @@ def _xla_only_for(activation, monkeypatch, compiled=("tanh", "relu")):
         monkeypatch.setenv("KERAS_VRNN_XLA", "0")
 
 
-@pytest.fixture(params=["native", "xla"])
+@pytest.fixture(params=["native", "xla"] if BACKEND == "tensorflow" else [BACKEND])
 def impl(request, monkeypatch):
     """Runs a test on each TensorFlow implementation of the fused loops: the
     native CPU kernels (as shipped, where they build) and the XLA-compiled
-    loops (their fallback), and checks that the named one really ran."""
+    loops (their fallback), and checks that the named one really ran. On
+    JAX and PyTorch: once, on that backend's fused kernel."""
+    if BACKEND != "tensorflow":
+        yield BACKEND
+        return
     from keras_vrnn import fused_tf
 
     fused_calls = count_calls(monkeypatch, fused_tf, "recurrence_from_inputs")
@@ -107,8 +109,20 @@ def require_native():
     return lib
 
 
-def _pair(shape, weight_seed=0, **kwargs):
-    """A fused and a generic VanillaRNN with the same random weights."""
+def skip_uncovered(ref, activation="tanh", recurrent_dropout=0.0):
+    """Skips a test of the fused path where the backend's kernel does not
+    take the configuration (test_torch_backend.py tests that fallback)."""
+    if not ref.fused_covers(activation) or (BACKEND == "torch" and recurrent_dropout):
+        pytest.skip(f"torch's RNN kernel: no {activation} or recurrent dropout")
+
+
+def _pair(shape, weight_seed=0, ref=None, **kwargs):
+    """A fused and a generic VanillaRNN with the same random weights (`ref`:
+    skips configurations the backend's fused kernel does not take)."""
+    if ref is not None:
+        skip_uncovered(
+            ref, kwargs.get("activation", "tanh"), kwargs.get("recurrent_dropout", 0)
+        )
     fused = VanillaRNN(4, use_fused=True, **kwargs)
     generic = VanillaRNN(4, use_fused=False, **kwargs)
     fused.build(shape)
@@ -152,7 +166,7 @@ def test_fused_matches_generic(
 ):
     p = ref.make_problem(seed=1, use_bias=use_bias, initial_state=initial_state)
     fused, generic = _pair(
-        p["x"].shape,
+        p["x"].shape, ref=ref,
         activation=activation,
         use_bias=use_bias,
         go_backwards=go_backwards,
@@ -184,7 +198,7 @@ def test_fused_dropout_matches_generic(
     dropout, recurrent_dropout = rates
     p = ref.make_problem(seed=2, initial_state=True)
     fused, generic = _pair(
-        p["x"].shape,
+        p["x"].shape, ref=ref,
         activation=activation,
         go_backwards=go_backwards,
         return_sequences=return_sequences,
@@ -211,7 +225,7 @@ def test_fused_stateful_matches_generic(
     _xla_only_for(activation, monkeypatch)
     shape = (3, 5, 3)
     fused, generic = _pair(
-        shape,
+        shape, ref=ref,
         stateful=True,
         activation=activation,
         go_backwards=go_backwards,
@@ -230,8 +244,8 @@ def test_fused_stateful_matches_generic(
         rg = ref.run_tf(generic, x, training=dropout > 0)
         _compare(ref, rf, rg)
         ref.assert_rel_close(
-            fused.states[0].numpy(),
-            generic.states[0].numpy(),
+            keras.ops.convert_to_numpy(fused.states[0]),
+            keras.ops.convert_to_numpy(generic.states[0]),
             FWD_TOL,
             f"state after batch {i}",
         )
@@ -252,7 +266,7 @@ def test_sequence_lengths_match_reference(ref, impl, timesteps, activation, go_b
     # multiple of 4.
     p = ref.make_problem(seed=timesteps, timesteps=timesteps, initial_state=True)
     fused, generic = _pair(
-        p["x"].shape, activation=activation, go_backwards=go_backwards,
+        p["x"].shape, ref=ref, activation=activation, go_backwards=go_backwards,
         return_sequences=True,
     )
     # Tame the weights so 37 linear/relu steps neither explode nor vanish.
@@ -322,6 +336,7 @@ def test_dynamic_time_dimension(ref):
     ids=["seq_backwards", "relu_nobias_dropout"],
 )
 def test_training_end_to_end(ref, kwargs):
+    skip_uncovered(ref, recurrent_dropout=kwargs.get("recurrent_dropout", 0))
     fused, generic = _twin_models(timesteps=5, **kwargs)
     initial = [w.copy() for w in fused.get_weights()]
     rng = np.random.default_rng(5)
@@ -390,13 +405,14 @@ def test_uncovered_configurations_fall_back(ref, fused_calls, case):
 
 @pytest.mark.parametrize("activation", [None, keras.activations.relu, "sigmoid"])
 def test_activation_aliases_take_the_fused_path(ref, fused_calls, activation):
+    name = {None: "linear", "sigmoid": "sigmoid"}.get(activation, "relu")
+    skip_uncovered(ref, name)
     p = ref.make_problem(seed=7)
     layer = VanillaRNN(4, activation=activation, return_sequences=True)
     layer.build(p["x"].shape)
     layer.set_weights(p["weights"])
     result = ref.run_tf(layer, p["x"], c=p["c"])
     assert fused_calls
-    name = {None: "linear", "sigmoid": "sigmoid"}.get(activation, "relu")
     expected = ref.rnn_reference(
         p["x"], p["W"], p["U"], p["b"], None, name, False, True, c=p["c"]
     )
@@ -406,8 +422,11 @@ def test_activation_aliases_take_the_fused_path(ref, fused_calls, activation):
 def test_unsupported_reason():
     layer = VanillaRNN(4)
     assert fused_lib.unsupported_reason(layer, None) is None
-    assert "mask" in fused_lib.unsupported_reason(layer, tf.ones((1, 2), bool))
-    assert "probe" in fused_lib.unsupported_reason(layer, None, direct_only=True)
+    assert "mask" in fused_lib.unsupported_reason(layer, np.ones((1, 2), bool))
+    direct = probe_lib.Probe(np.zeros((1, 2, 4)), True, True)
+    assert "probe" in fused_lib.unsupported_reason(layer, None, direct)
+    full = probe_lib.Probe(np.zeros((1, 2, 4)), False, True)
+    assert (fused_lib.unsupported_reason(layer, None, full) is None) == (BACKEND != "torch")
     assert fused_lib.activation_name(None) == "linear"
     assert fused_lib.activation_name(keras.activations.softplus) is None
 
@@ -429,15 +448,36 @@ def _probe_layer(kind, **kwargs):
     return VanillaRNN(4, use_fused=use_fused, **kwargs)
 
 
-def _probe_gradient(layer, x, h0, c, probe_shape, direct_only, training=False):
-    x = tf.constant(x)
-    probe = tf.zeros(probe_shape)
-    with tf.GradientTape() as tape:
-        tape.watch(probe)
+def _probe_gradient(layer, x, h0, c, probe_shape, direct_only, training=False,
+                    use_fused=None):
+    """The layer's output and dL/dprobe, L = sum(c * y), by the backend's
+    own autodiff."""
+    ops = keras.ops
+    x, c = ops.convert_to_tensor(x), ops.convert_to_tensor(c)
+    h0 = None if h0 is None else ops.convert_to_tensor(h0)
+
+    def loss_of(probe):
         with attached_probe(layer, probe, direct_only=direct_only):
-            y = layer(x, initial_state=tf.constant(h0), training=training)
-        loss = tf.reduce_sum(c * y)
-    return np.asarray(y), np.asarray(tape.gradient(loss, probe))
+            y = layer(x, initial_state=h0, training=training)
+        return ops.sum(c * y), y
+
+    if BACKEND == "jax":
+        import jax
+
+        (_, y), grad = jax.value_and_grad(loss_of, has_aux=True)(ops.zeros(probe_shape))
+    elif BACKEND == "torch":
+        import torch
+
+        probe = ops.zeros(probe_shape).requires_grad_()
+        loss, y = loss_of(probe)
+        (grad,) = torch.autograd.grad(loss, probe)
+    else:
+        probe = tf.zeros(probe_shape)
+        with tf.GradientTape() as tape:
+            tape.watch(probe)
+            loss, y = loss_of(probe)
+        grad = tape.gradient(loss, probe)
+    return ops.convert_to_numpy(y), ops.convert_to_numpy(grad)
 
 
 @pytest.mark.parametrize(
@@ -479,8 +519,9 @@ def test_probe_gradient_is_bptt(
     ref.assert_rel_close(grad, want, FWD_TOL, "probe gradient")
     # Non-trivial: the recurrence contributes (total != direct).
     assert not np.allclose(expected["dh"], expected["direct"])
-    # The fused path serves full probes; direct-only ones need the generic loop.
-    assert bool(fused_calls) == (kind == "fused" and not direct_only)
+    # The fused path serves full probes (not torch's kernel); direct-only ones
+    # need the generic loop.
+    assert bool(fused_calls) == (kind == "fused" and not direct_only and BACKEND != "torch")
     # The probe is detached afterwards: a plain call works and matches.
     ref.assert_rel_close(
         layer(p["x"], initial_state=p["h0"]), expected["y"], FWD_TOL, "after"
@@ -502,8 +543,9 @@ def test_probe_gradient_with_dropout(ref, impl, kind, go_backwards):
     layer.build(p["x"].shape)
     layer.set_weights(p["weights"])
     gen = keras.random.SeedGenerator(21)
-    in_mask = np.asarray(keras.random.dropout(tf.ones((3, 3)), 0.3, seed=gen))
-    rec_mask = np.asarray(keras.random.dropout(tf.ones((3, 4)), 0.4, seed=gen))
+    ones = keras.ops.ones
+    in_mask = keras.ops.convert_to_numpy(keras.random.dropout(ones((3, 3)), 0.3, seed=gen))
+    rec_mask = keras.ops.convert_to_numpy(keras.random.dropout(ones((3, 4)), 0.4, seed=gen))
     expected = ref.rnn_reference(
         p["x"], p["W"], p["U"], p["b"], p["h0"], "tanh", go_backwards, True,
         c=p["c"], in_mask=in_mask, rec_mask=rec_mask,
@@ -523,19 +565,17 @@ def test_direct_only_probe_with_use_fused_true(ref, fused_calls):
     layer = VanillaRNN(4, use_fused=True, return_sequences=True)
     layer.build(p["x"].shape)
     layer.set_weights(p["weights"])
-    x = tf.constant(p["x"])
-    probe = tf.zeros((3, 5, 4))
-    with tf.GradientTape() as tape:
-        tape.watch(probe)
-        with attached_probe(layer, probe, direct_only=True):
-            y = layer(x)
-        loss = tf.reduce_sum(p["c"] * y)
-    np.testing.assert_allclose(np.asarray(tape.gradient(loss, probe)), p["c"])
+    _, grad = _probe_gradient(layer, p["x"], None, p["c"], (3, 5, 4), True)
+    np.testing.assert_allclose(grad, p["c"])
     assert not fused_calls
-    # A full probe uses the fused path.
-    with attached_probe(layer, tf.zeros((3, 5, 4))):
-        layer(x)
-    assert fused_calls
+    # A full probe uses the fused path (on PyTorch the generic loop, again
+    # without an error) and gives the full BPTT gradient.
+    _, grad = _probe_gradient(layer, p["x"], None, p["c"], (3, 5, 4), False)
+    expected = ref.rnn_reference(
+        p["x"], p["W"], p["U"], p["b"], None, "tanh", False, True, c=p["c"]
+    )
+    ref.assert_rel_close(grad, expected["dh"], FWD_TOL, "probe gradient")
+    assert bool(fused_calls) == (BACKEND != "torch")
 
 
 @pytest.mark.parametrize("kind", ["fused", "rnn_cell"])
@@ -543,7 +583,7 @@ def test_probe_sources_nest_and_detach(kind):
     # The innermost attachment serves the calls; leaving it restores the
     # outer one, leaving that detaches the layer (no hook left behind).
     layer = _probe_layer(kind, return_sequences=True)
-    x = tf.zeros((2, 5, 3))
+    x = np.zeros((2, 5, 3), "float32")
     seen = []
     with probe_lib.attach(layer, lambda *args: seen.append("outer")):
         with probe_lib.attach(layer, lambda *args: seen.append("inner")):
@@ -555,6 +595,7 @@ def test_probe_sources_nest_and_detach(kind):
     assert probe_lib.lookup(layer, x, None, None) is None
 
 
+@tensorflow_only
 def test_probe_in_compiled_function(ref):
     # Inside a tf.function (as diagnostics callbacks use it).
     p = ref.make_problem(seed=12)
@@ -583,6 +624,7 @@ def test_activations_cover_the_fused_path():
     assert set(ACTIVATIONS) == set(fused_lib.SUPPORTED_ACTIVATIONS)
 
 
+@tensorflow_only
 @pytest.mark.parametrize("native_env, xla_env", [("1", "1"), ("0", "1"), ("0", "0")])
 def test_environment_switches(ref, monkeypatch, native_env, xla_env):
     # KERAS_VRNN_NATIVE=0 and KERAS_VRNN_XLA=0 are read when the loop runs:
@@ -609,6 +651,7 @@ def test_environment_switches(ref, monkeypatch, native_env, xla_env):
 # what the whole batch gives, in every configuration the fused path covers.
 
 
+@tensorflow_only
 def test_batch_split_decision(monkeypatch):
     from keras_vrnn import fused_tf
 
@@ -629,6 +672,7 @@ def test_batch_split_decision(monkeypatch):
             fused_tf._parts(None)
 
 
+@tensorflow_only
 @pytest.mark.parametrize(
     "activation, rates, go_backwards, probe",
     [
@@ -676,6 +720,7 @@ def test_batch_split_matches_generic(
     assert fused_calls and 2 in split
 
 
+@tensorflow_only
 @pytest.mark.parametrize("batch", [1, 2, 5])
 def test_batch_split_with_unknown_batch_size(ref, monkeypatch, batch):
     # As in `fit`, the batch size is unknown when the step is traced; whether
@@ -704,6 +749,7 @@ def test_batch_split_with_unknown_batch_size(ref, monkeypatch, batch):
         ref.assert_rel_close(a, b, GRAD_TOL, name)
 
 
+@tensorflow_only
 @pytest.mark.parametrize("known", ["state", "sequences"])
 def test_batch_size_known_on_one_input_only(ref, impl, known):
     # E.g. sampling text: sequences (1, None, D) with a (1, H) state, or

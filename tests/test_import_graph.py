@@ -59,3 +59,4 @@ def test_kernel_modules_import_nothing_above_them():
     assert graph["probe"] == set()
     assert graph["fused_tf"] <= {"fused", "native"}
     assert graph["fused_jax"] <= {"fused"}
+    assert graph["fused_torch"] <= {"fused"}
