@@ -11,6 +11,7 @@ as `rnn_layers` lists them.
 """
 
 import contextlib
+import functools
 import logging
 import weakref
 
@@ -117,16 +118,6 @@ def rnn_layers(model):
 # ---------------------------------------------------------------------------
 
 
-def _require_tensorflow(what):
-    backend = keras.backend.backend()
-    if backend != "tensorflow":
-        raise RuntimeError(
-            f"{what} needs the TensorFlow backend (it uses tf.GradientTape and "
-            f"tf.function). Received: backend={backend!r}. Set "
-            "KERAS_BACKEND=tensorflow before importing keras."
-        )
-
-
 def check_positive_int(name, value):
     """`value` as an int, once it is a positive int (not a bool)."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
@@ -169,21 +160,17 @@ def check_batch(x, y, sample_weight=None):
     """Validates `(x, y, sample_weight)` and returns the batch size."""
     if x is None or not _leaves(x):
         raise ValueError(f"`x` must hold input arrays. Received: x={x!r}.")
-    bx = _batch_size("x", x)
-    sizes = {"x": bx}
-    if y is not None:
-        sizes["y"] = _batch_size("y", y)
-    if sample_weight is not None:
-        sizes["sample_weight"] = _batch_size("sample_weight", sample_weight)
+    sizes = {"x": _batch_size("x", x), "y": _batch_size("y", y),
+             "sample_weight": _batch_size("sample_weight", sample_weight)}
     if len({s for s in sizes.values() if s is not None}) > 1:
-        details = ", ".join(f"{k} batch size {v}" for k, v in sizes.items())
+        details = ", ".join(f"{k} batch size {v}" for k, v in sizes.items() if v is not None)
         raise ValueError(
             f"x, y and sample_weight must have the same number of samples. "
             f"Received: {details}."
         )
-    if bx == 0:
+    if sizes["x"] == 0:
         raise ValueError("`x` must hold at least one sample. Received: batch size 0.")
-    return bx
+    return sizes["x"]
 
 
 def _check_model(model, what):
@@ -218,14 +205,10 @@ def _entries(model, what, required=True):
 
 
 def _to_tensor(a):
-    import tensorflow as tf
-
-    if a is None:
-        return None
     if isinstance(a, np.ndarray) and a.dtype.kind == "f":
         # As Keras' data adapters do: float arrays are fed as floatx.
         a = a.astype(keras.config.floatx(), copy=False)
-    return tf.convert_to_tensor(a)
+    return None if a is None else keras.ops.convert_to_tensor(a)
 
 
 # ---------------------------------------------------------------------------
@@ -245,51 +228,22 @@ def _attached(entries, make_source, **options):
         yield
 
 
-def _probing(entries, tape, records, direct):
-    """Every call of a layer of `entries` gets a zero probe shaped like its
-    hidden states, watched on `tape` and recorded in `records[key]`."""
-
-    def make_source(key, layer):
-        def source(sequences, initial_state, mask):
-            shape = keras.ops.shape(sequences)
-            dtype = sequences.dtype
-            if not dtype.is_floating:
-                dtype = layer.compute_dtype
-            probe = keras.ops.zeros(
-                (shape[0], shape[1], layer.cell.units), dtype=dtype
-            )
-            tape.watch(probe)
-            records.setdefault(key, []).append(probe)
-            return probe
-
-        return source
-
-    # Only the probes are differentiated (the tape watches nothing else), so
-    # the native kernels may skip the weight gradients.
-    return _attached(entries, make_source, direct_only=direct, weight_gradients=False)
-
-
 def _row_norms(g):
-    """||g||_2 over the last axis, as float64.
+    """||g||_2 over the last axis of a NumPy array, as float64.
 
     Float32 / float16 gradients are squared in float64, which can neither
     overflow nor underflow for any value of those dtypes, so a vanishing
     gradient of 1e-30 keeps its exact norm. Float64 gradients are rescaled
     by their row maximum first.
     """
-    import tensorflow as tf
-
-    if g.dtype != tf.float64:
-        g = tf.cast(g, tf.float64)
-        return tf.sqrt(tf.reduce_sum(tf.square(g), axis=-1))
-    scale = tf.reduce_max(tf.abs(g), axis=-1, keepdims=True)
-    finite_scale = tf.math.is_finite(scale) & (scale > 0)
-    safe = tf.where(finite_scale, scale, tf.ones_like(scale))
-    norms = tf.squeeze(safe, -1) * tf.sqrt(tf.reduce_sum(tf.square(g / safe), -1))
-    scale = tf.squeeze(scale, -1)
-    norms = tf.where(tf.math.is_inf(scale), tf.constant(np.inf, tf.float64), norms)
-    has_nan = tf.reduce_any(tf.math.is_nan(g), axis=-1)
-    return tf.where(has_nan, tf.constant(np.nan, tf.float64), norms)
+    if g.dtype != np.float64:
+        return np.sqrt(np.sum(np.square(g.astype(np.float64)), axis=-1))
+    with np.errstate(all="ignore"):
+        scale = np.max(np.abs(g), axis=-1)
+        safe = np.where(np.isfinite(scale) & (scale > 0), scale, 1.0)
+        norms = safe * np.sqrt(np.sum(np.square(g / safe[..., None]), axis=-1))
+    norms = np.where(np.isinf(scale), np.inf, norms)
+    return np.where(np.isnan(g).any(axis=-1), np.nan, norms)
 
 
 def _compute_loss(model, x, y, y_pred, sample_weight):
@@ -300,13 +254,9 @@ def _compute_loss(model, x, y, y_pred, sample_weight):
     return model.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight)
 
 
-def _stateful_variables(entries):
-    variables = []
-    for _, layer in entries:
-        if getattr(layer, "stateful", False) and layer.states is not None:
-            states = keras.tree.flatten(layer.states)
-            variables.extend(v for v in states if v is not None)
-    return variables
+def _state_variables(model):
+    """Every variable a measurement reads: weights, states, metrics."""
+    return list(model.variables) + list(model.metrics_variables)
 
 
 def _unscale_for_distribution(loss):
@@ -345,61 +295,114 @@ def _last_step(y, y_pred, sample_weight, timesteps):
     return y, y_pred, sample_weight
 
 
-def _make_norms_function(model, entries, direct, last_step_only=False):
-    import tensorflow as tf
+def _probed_loss(model, group, state, data, direct, last_step_only, make):
+    """`(loss, {name: probe})` of one forward pass with a zero probe on every
+    call of each layer of `group`; `make(name, zeros)` gives the probe
+    (`name` is the key, `"<key>/call_<i>"` for later calls). A
+    `StatelessScope` (with `state`, the values of `_state_variables`, if
+    given) keeps metric and stateful-RNN updates off the model."""
+    x, y, sample_weight = data
+    records = {key: {} for key, _ in group}
 
+    def make_source(key, layer):
+        def source(sequences, initial_state, mask):
+            dtype = keras.backend.standardize_dtype(sequences.dtype)
+            shape = keras.ops.shape(sequences)[:2] + (layer.cell.units,)
+            zeros = keras.ops.zeros(
+                shape, dtype if "float" in dtype else layer.compute_dtype)
+            name = f"{key}/call_{len(records[key])}" if records[key] else key
+            records[key][name] = make(name, zeros)
+            return records[key][name]
+
+        return source
+
+    mapping = None if state is None else list(zip(_state_variables(model), state))
+    with keras.StatelessScope(state_mapping=mapping, collect_losses=True):
+        with _attached(group, make_source, direct_only=direct, weight_gradients=False):
+            y_pred = model(x, training=False)
+        probes = {n: p for calls in records.values() for n, p in calls.items()}
+        if last_step_only and probes:
+            timesteps = next(iter(probes.values())).shape[1]
+            y, y_pred, sample_weight = _last_step(y, y_pred, sample_weight, timesteps)
+        loss = _compute_loss(model, x, y, y_pred, sample_weight)
+    if keras.backend.backend() == "tensorflow":
+        loss = _unscale_for_distribution(loss)
+    return loss, probes
+
+
+def _probe_gradients(run):
+    """`{name: dloss/dprobe}` of `run(make)` (see `_probed_loss`): one
+    forward and one backward pass, by the backend's own autodiff; only the
+    probes are differentiated."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
+            loss, probes = run(lambda name, p: (tape.watch(p), p)[1])
+        return dict(zip(probes, tape.gradient(
+            loss, list(probes.values()), unconnected_gradients="zero")))
+    if backend == "jax":
+        import jax
+
+        # A first pass finds the probes (under `jax.jit`, XLA drops it).
+        probes = run(lambda name, p: p)[1]
+        grads = jax.grad(lambda ps: run(lambda name, _: ps[name])[0])(probes)
+        return {name: grads[name] for name in probes}  # in call order
+    import torch
+
+    with torch.enable_grad():
+        loss, probes = run(lambda name, p: p.requires_grad_())
+        grads = torch.autograd.grad(loss, list(probes.values()), allow_unused=True)
+    return {n: torch.zeros_like(p) if g is None else g
+            for (n, p), g in zip(probes.items(), grads)}
+
+
+def _make_norms_function(model, entries, direct, last_step_only):
+    """`fn(x, y, sample_weight) -> {name: gradient}`, compiled by the backend
+    (`tf.function`, `jax.jit`; eager on torch) as `fn.compiled`."""
     model_ref = weakref.ref(model)
+    # Total gradients: one pass probes every layer at once (zero probes do
+    # not interact). Direct-only: one pass per layer, so that only that
+    # layer's own recurrence is cut ("not through h_{t+1} of the same
+    # layer"), as `probe.attached_probe(direct_only=True)` defines.
+    groups = [[e] for e in entries] if direct and len(entries) > 1 else [entries]
+    names = []
 
-    def norms_fn(x, y, sample_weight):
-        model = model_ref()
-        # compute_loss may update loss-tracking metrics (multi-output models)
-        # and a call updates stateful RNN states: both are restored, so a
-        # measurement leaves the model exactly as it found it.
-        saved = [(v, tf.identity(v.value)) for v in model.metrics_variables]
-        known = {id(v) for v, _ in saved}
-        states = [(v, tf.identity(v.value)) for v in _stateful_variables(entries)]
-        # Total gradients: one pass probes every layer at once (zero probes
-        # do not interact). Direct-only: one pass per layer, so that only
-        # that layer's own recurrence is cut ("not through h_{t+1} of the
-        # same layer"), as `probe.attached_probe(direct_only=True)` defines.
-        groups = [[e] for e in entries] if direct and len(entries) > 1 else [entries]
-        keys, grads, losses = [], [], []
+    def gradients(state, x, y, sample_weight):
+        grads = {}
         for group in groups:
-            records = {}
-            with tf.GradientTape(watch_accessed_variables=False) as tape:
-                with _probing(group, tape, records, direct):
-                    y_pred = model(x, training=False)
-                y_, sw = y, sample_weight
-                if last_step_only and records:
-                    timesteps = next(iter(records.values()))[0].shape[1]
-                    y_, y_pred, sw = _last_step(y, y_pred, sample_weight, timesteps)
-                loss = _compute_loss(model, x, y_, y_pred, sw)
-                loss = _unscale_for_distribution(loss)
-            probes = []
-            for key, _ in group:
-                for i, probe in enumerate(records.get(key, [])):
-                    keys.append(key if i == 0 else f"{key}/call_{i}")
-                    probes.append(probe)
-            group_grads = tape.gradient(
-                loss, probes, unconnected_gradients=tf.UnconnectedGradients.ZERO
-            )
-            with tf.control_dependencies([loss] + list(group_grads)):
-                for v, value in states:  # each pass starts from the same state
-                    v.assign(value)
-            grads += group_grads
-            losses.append(loss)
-        with tf.control_dependencies(losses + list(grads)):
-            for v, value in saved:
-                v.assign(value)
-            for v in model.metrics_variables:  # created during this trace
-                if id(v) not in known:
-                    v.assign(tf.zeros_like(v.value))
-        return {key: _row_norms(g) for key, g in zip(keys, grads)}
+            grads.update(_probe_gradients(functools.partial(
+                _probed_loss, model_ref(), group, state, (x, y, sample_weight),
+                direct, last_step_only)))
+        names[:] = grads
+        return list(grads.values())
 
-    return tf.function(norms_fn)
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        compiled = tf.function(gradients)
+    elif backend == "jax":
+        import jax
+
+        compiled = jax.jit(gradients)
+    else:
+        compiled = gradients
+
+    def fn(x, y, sample_weight):
+        # JAX reads the variables' values as arguments (a jitted function
+        # would otherwise keep those of its first trace).
+        state = None
+        if backend == "jax":
+            state = [v.value for v in _state_variables(model_ref())]
+        return dict(zip(names, compiled(state, x, y, sample_weight)))
+
+    fn.compiled = compiled
+    return fn
 
 
-# model -> {(direct, last_step_only, layer ids): tf.function}, and model ->
+# model -> {(direct, last_step_only, layer ids): norms function}, and model ->
 # the compiled loss those functions traced; weak so models can be freed.
 _NORMS_FUNCTIONS = weakref.WeakKeyDictionary()
 _TRACED_LOSS = weakref.WeakKeyDictionary()
@@ -420,6 +423,12 @@ def _norms_function(model, entries, direct, last_step_only=False):
     return cache[key]
 
 
+def _to_numpy(g):
+    if keras.backend.standardize_dtype(g.dtype) not in ("float32", "float64"):
+        g = keras.ops.cast(g, "float32")  # float16 and bfloat16 exactly
+    return keras.ops.convert_to_numpy(g)
+
+
 def timestep_gradient_norms(
     model, x, y, sample_weight=None, direct=False, last_step_only=False
 ):
@@ -429,7 +438,8 @@ def timestep_gradient_norms(
     training=False)`, reduction and regularization included), `h_t` a
     layer's hidden state at step t, and the gradient the *total* one (every
     path, full BPTT). Zero probes on every hidden state (`keras_vrnn.probe`)
-    are differentiated: one forward and one backward pass in a `tf.function`
+    are differentiated by the backend's autodiff: one forward and one
+    backward pass, in a `tf.function` or `jax.jit` function (eager on torch)
     cached per model (retraced for a new input signature or a new compile),
     on the fused fast path when the layer takes it.
 
@@ -443,16 +453,16 @@ def timestep_gradient_norms(
     Layers are those of `rnn_layers`, indexed by input time; masked steps
     report 0; a layer called more than once gets one entry per call
     (`"<name>"`, `"<name>/call_1"`, ...). The model is left unchanged (metric
-    and stateful-RNN variables are restored).
+    and stateful-RNN updates are not applied).
 
-    Distribution: under a `tf.distribute` strategy, call this outside replica
-    context (as Keras callbacks are): it runs once on the whole batch and
-    gives the same norms as without a strategy (Keras' per-replica loss
-    scaling is undone, whether or not `strategy.scope()` is entered).
+    Distribution (TensorFlow): under a `tf.distribute` strategy, call this
+    outside replica context (as Keras callbacks are): it runs once on the
+    whole batch and gives the norms without a strategy (Keras' per-replica
+    loss scaling is undone, whether or not `strategy.scope()` is entered).
 
     Args:
         model: A compiled `keras.Model` containing at least one vanilla RNN
-            layer. TensorFlow backend only.
+            layer.
         x: Input batch (array, or a structure of arrays for multi-input
             models).
         y: Target batch, as passed to `model.fit`.
@@ -472,7 +482,6 @@ def timestep_gradient_norms(
     Raises:
         ValueError: The model is not compiled, contains no vanilla RNN
             layer, or x, y and sample_weight have different batch sizes.
-        RuntimeError: The backend is not TensorFlow.
 
     Example:
 
@@ -486,7 +495,6 @@ def timestep_gradient_norms(
     keras_vrnn.fit_decay_factor(credit["vanilla_rnn"])  # per-step decay
     ```
     """
-    _require_tensorflow("timestep_gradient_norms")
     _check_model(model, "timestep_gradient_norms")
     check_bool("direct", direct)
     check_bool("last_step_only", last_step_only)
@@ -494,10 +502,9 @@ def timestep_gradient_norms(
     entries = _entries(model, "timestep_gradient_norms")
     x, y, sample_weight = keras.tree.map_structure(_to_tensor, (x, y, sample_weight))
     if not model.built:
-        model(x, training=False)  # build eagerly, outside the tf.function
+        model(x, training=False)  # build eagerly, outside the compiled function
     fn = _norms_function(model, entries, direct, last_step_only)
-    result = fn(x, y, sample_weight)
-    return {key: np.asarray(value, dtype=np.float64) for key, value in result.items()}
+    return {key: _row_norms(_to_numpy(g)) for key, g in fn(x, y, sample_weight).items()}
 
 
 # ---------------------------------------------------------------------------
@@ -588,17 +595,17 @@ def _activation_pair(activation):
     name = fused.activation_name(activation)
     if name is not None:
         return _NUMPY_ACTIVATIONS[name]
-    import tensorflow as tf
+
+    def run(z, make):  # act' is the gradient of sum(act(z)), elementwise
+        z = make("z", keras.ops.convert_to_tensor(z))
+        return keras.ops.sum(activation(z)), {"z": z}
 
     def act(z):
-        return np.asarray(activation(tf.constant(z, tf.float64)), np.float64)
+        return _to_numpy(activation(keras.ops.convert_to_tensor(z))).astype(np.float64)
 
     def dact(z, a):
-        z = tf.constant(z, tf.float64)
-        with tf.GradientTape() as tape:
-            tape.watch(z)
-            out = activation(z)
-        return np.asarray(tape.gradient(out, z), np.float64)  # elementwise
+        grad = _probe_gradients(functools.partial(run, z))["z"]
+        return _to_numpy(grad).astype(np.float64)
 
     return act, dact
 
@@ -707,16 +714,12 @@ def state_jacobian_norms(model_or_layer, x, max_samples=8):
 
 
 def _capture(model_or_layer, x, entries):
-    """Calls `model_or_layer` on `x` and returns the first call's (sequences,
-    h0, mask) of each layer of `entries`, by key; stateful states restored."""
-    saved = [(v, v.numpy()) for v in _stateful_variables(entries)]
+    """Calls `model_or_layer` on `x` (stateful states left as they are) and
+    returns the first call's (sequences, h0, mask) of each layer of
+    `entries`, by key."""
     captured = {}
-    try:
-        with _capturing(entries, captured):
-            model_or_layer(x, training=False)
-    finally:
-        for v, value in saved:
-            v.assign(value)
+    with keras.StatelessScope(), _capturing(entries, captured):
+        model_or_layer(x, training=False)
     return captured
 
 
