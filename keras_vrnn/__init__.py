@@ -14,6 +14,8 @@ from keras_vrnn.diagnostics import lyapunov_exponents
 from keras_vrnn.diagnostics import recurrent_kernel_stats
 from keras_vrnn.diagnostics import state_jacobian_norms
 from keras_vrnn.diagnostics import timestep_gradient_norms
+from keras_vrnn.interop import from_torch
+from keras_vrnn.interop import to_torch
 from keras_vrnn.layer import VanillaRNN
 from keras_vrnn.regularizers import VanishingGradientRegularizer
 
@@ -26,11 +28,13 @@ __all__ = [
     "VanishingGradientRegularizer",
     "effective_horizon",
     "fit_decay_factor",
+    "from_torch",
     "initializers",
     "lyapunov_exponents",
     "recurrent_kernel_stats",
     "state_jacobian_norms",
     "timestep_gradient_norms",
+    "to_torch",
 ]
 
 
