@@ -224,7 +224,7 @@ def plot_credit(rows, workdir, png):
                 if found is not None:
                     ax.plot(*found, color=f"C{i}", label=f"g = {r['gain']:g}")
             ax.axhline(1.0, color="0.5", lw=1, ls="--")
-            ax.set(yscale="log", xlabel="training step", title="per-step factor while training",
+            ax.set(xlabel="training step", title="per-step factor while training",
                    ylabel="factor of ||dl_T/dh_t|| per step back")
             ax.grid(True, which="both", alpha=0.3)
             ax.legend(fontsize=7)
