@@ -3,18 +3,15 @@
     python -m keras_vrnn.inspect MODEL.keras DATA.npz [--x KEY] [--y KEY]
         [--layer NAME] [--out DIR]
 
-Prints, per vanilla RNN layer (VanillaRNN, RNN(VanillaRNNCell), SimpleRNN;
-only the key `--layer` if given): the spectral radius and largest singular
-value of `W_hh`, the fitted per-step factor and effective horizon of
-`||dL/dh_t||` and of the last step's `||dl_T/dh_t||`, and the largest
-Lyapunov exponent, on the arrays `--x` (default "x") and `--y` ("y") of
-DATA.npz, with the model's saved loss. SimpleRNN layers are measured on a
-clone where each is a VanillaRNN of the same config and weights (the header
-says so; one inside a Bidirectional is not converted). Writes, per layer,
-`<key>_heatmap.png` (every sample's `||dL/dh_t||`) and `<key>_steps_back.png`
-(both views' means) to `--out` (default `MODEL_inspect` beside the model); a
-folder that already holds files is refused, so nothing is overwritten. Bad
-input prints one `error: ...` line on stderr, writes nothing, exits with 2.
+Prints, per vanilla RNN layer (VanillaRNN, RNN(VanillaRNNCell), SimpleRNN; `--layer`: one
+key): the spectral radius and largest singular value of `W_hh`, factor and horizon of
+`||dL/dh_t||` and of the last step's `||dl_T/dh_t||`, and the largest Lyapunov exponent, on
+the arrays `--x` ("x") and `--y` ("y") of DATA.npz with the model's saved loss. SimpleRNN
+layers are measured as VanillaRNN clones of the same config and weights (said in the
+header; not inside a Bidirectional). Writes `<key>_heatmap.png` (every sample's
+`||dL/dh_t||`) and `<key>_steps_back.png` (both views' means) to `--out` (default
+`MODEL_inspect` beside the model), which must be new or empty. Bad input: one `error: ...`
+line on stderr, nothing written, exit 2.
 """
 
 import argparse
@@ -30,9 +27,8 @@ from keras_vrnn.layer import VanillaRNN
 
 
 def as_vanilla(model):
-    """`(model, converted)`: a clone with SimpleRNN layers replaced by
-    VanillaRNN layers of the same config and weights, compiled like `model`;
-    `model` itself when it has none."""
+    """`(model, converted)`: a clone with SimpleRNN layers replaced by VanillaRNN layers of
+    the same config and weights, compiled like `model`; `model` itself when it has none."""
     found = []
 
     def convert(layer):
@@ -50,8 +46,8 @@ def as_vanilla(model):
 
 
 def inspect(model, x, y, layer=None):
-    """Per-layer numbers, `{key: {name: value}}`, and the norms of both views,
-    `{key: (norms, last_step_norms)}`, each `(batch, timesteps)`."""
+    """Per-layer numbers, `{key: {name: value}}`, and the norms of both views, `{key:
+    (norms, last_step_norms)}`, each `(batch, timesteps)`."""
     want, got = tuple(model.inputs[0].shape[1:]), np.shape(x)[1:]
     if len(got) != len(want) or any(w not in (None, g) for w, g in zip(want, got)):
         raise ValueError(f"x does not fit the model's input. Received: x with shape "
@@ -79,12 +75,10 @@ def write_plots(profiles, out):
 
     for key, (norms, last) in profiles.items():
         p = os.path.join(out, tag_prefix(key))
-        fig = plots.heatmap_figure(norms, np.arange(len(norms)), f"||dL/dh_t||: {key}",
-                                   ylabel="sample")
-        plots._save(fig, p + "_heatmap.png")
-        fig = plots.steps_back_figure([norms.mean(0), last.mean(0)], [0, 1],
-                                      f"Gradient norm vs steps back: {key}", label="0: L, 1: l_T")
-        plots._save(fig, p + "_steps_back.png")
+        plots._save(plots.heatmap_figure(norms, np.arange(len(norms)), f"||dL/dh_t||: {key}",
+                                         ylabel="sample"), p + "_heatmap.png")
+        plots._save(plots.steps_back_figure([norms.mean(0), last.mean(0)], [0, 1], f"Gradient "
+                    f"norm vs steps back: {key}", label="0: L, 1: l_T"), p + "_steps_back.png")
 
 
 def _load(args):

@@ -1,7 +1,5 @@
 """Pascanu, Mikolov & Bengio's (2013) regulariser against vanishing gradients."""
 
-import math
-
 import keras
 from keras import ops
 from keras.src import backend as keras_backend  # `rnn` loop, as RNN uses it
@@ -12,113 +10,85 @@ from keras_vrnn import probe as probe_lib
 
 @keras.saving.register_keras_serializable(package="keras_vrnn")
 class VanishingGradientRegularizer(keras.Model):
-    """Trains `model` on `E + strength * Omega`, Pascanu et al.'s (2013) Omega.
+    """Trains `model` on `E + strength * Omega`, Pascanu et al.'s (2013) regulariser.
 
-    `Omega = sum_k (||d_{k+1} J_k|| / ||d_{k+1}|| - 1)^2` (their eq. 9), with
-    `d_k = dE/dh_k` (total BPTT gradient) and `J_k = dh_{k+1}/dh_k =
-    diag(act'(z_{k+1})) W_hh^T` of one vanilla RNN layer, `h_{k+1} = act(z_{k+1})`,
-    `z_{k+1} = x_{k+1} W + h_k W_hh + b`: a sum over the transitions between its
-    hidden states (T - 1 per sequence), averaged over the batch. A term is 0 when
-    one step carries the error back without shrinking or growing it; steps with
-    `d_{k+1} = 0` count 0. As in the paper (eq. 11), only `W_hh` gets Omega's
-    gradient, with `d` and the states held constant (immediate derivatives: the
-    `W_hh` of `J_k` and of `z_{k+1}`); the other weights get `dE/dw` only. The sum
-    goes to the optimizer, so its clipping (`global_clipnorm`) applies to both.
-
-    Why a model wrapper with its own `train_step`: Omega needs `dE/dh_t`, a
-    gradient of the loss, which a `keras.regularizers.Regularizer` (weights only),
-    `add_loss` (forward pass) or a callback (no access to the gradient) cannot
-    have. Here one backward pass gives `dE/dw` and `dE/dh_t` (a zero probe on every
-    `h_t`, `keras_vrnn.probe`), a second, local one Omega's gradient. Prediction,
-    evaluation and `model.save` (a `.keras` file with the wrapped model) are the
-    usual ones; fit logs the batch mean of Omega as `omega`. TensorFlow backend
-    only. The layer runs without dropout and masks.
+    `Omega = sum_k (||d_{k+1} J_k|| / ||d_{k+1}|| - 1)^2` (their eq. 9), `d_k = dE/dh_k`,
+    `J_k = dh_{k+1}/dh_k = diag(act'(z_{k+1})) W_hh^T` of one vanilla RNN layer, summed over
+    the T - 1 transitions between its states (0 where `d_{k+1} = 0`), batch mean. As in the
+    paper (eq. 11) only `W_hh` gets its gradient, with `d` and the states held constant.
+    A wrapper with its own `train_step` because Omega needs `dE/dh_t`, which a Regularizer,
+    `add_loss` or a callback never sees (docs/design.md); `fit` logs `omega`. TensorFlow only.
 
     Args:
-        model: The `keras.Model` to train.
-        strength: Weight of Omega, a number >= 0 (0: plain training).
-        layer: Name of the `VanillaRNN` (or `keras.layers.RNN(VanillaRNNCell)`)
-            layer to regularise; None: the model's only one.
+        model: The `keras.Model` to train (its layer without dropout and masks).
+        strength: Weight of Omega, >= 0.
+        layer: Name of its `VanillaRNN` (or `RNN(VanillaRNNCell)`); None: the only one.
         **kwargs: `keras.Model` arguments (e.g. `name`).
 
     Example:
 
     ```python
-    inner = keras.Sequential([keras.Input((100, 2)), keras_vrnn.VanillaRNN(64),
-                              keras.layers.Dense(1)])
-    model = keras_vrnn.VanishingGradientRegularizer(inner, strength=1.0)
+    model = keras_vrnn.VanishingGradientRegularizer(rnn_model, strength=1.0)
     model.compile(keras.optimizers.Adam(1e-3, global_clipnorm=1.0), "mse")
-    model.fit(x, y)  # logs loss and omega
+    model.fit(x, y)  # logs loss and omega; model.save("m.keras") as usual
     ```
     """
 
     def __init__(self, model, strength=1.0, layer=None, **kwargs):
         if keras.backend.backend() != "tensorflow":
-            raise RuntimeError(
-                f"VanishingGradientRegularizer trains with tf.GradientTape. Received: backend="
-                f"{keras.backend.backend()!r}. Expected tensorflow: set KERAS_BACKEND=tensorflow.")
+            raise RuntimeError(f"Received: backend={keras.backend.backend()!r}. Expected "
+                               "tensorflow (KERAS_BACKEND): train_step uses tf.GradientTape.")
         if not isinstance(model, keras.Model):
             raise ValueError(f"Received: model={model!r}. Expected a keras.Model.")
         if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not (
-                math.isfinite(strength) and strength >= 0):
-            raise ValueError(f"Received: strength={strength!r}. Expected a finite number >= 0, "
-                             "e.g. strength=1.0.")
-        found = [rnn for key, rnn in diagnostics.rnn_layers(model) if layer in (None, rnn.name)]
-        if len(found) != 1:
-            names = [rnn.name for _, rnn in diagnostics.rnn_layers(model)]
-            raise ValueError(
-                f"Received: layer={layer!r}. Expected the name of one VanillaRNN or "
-                f"RNN(VanillaRNNCell) layer of model '{model.name}' (None: its only one); "
-                f"it has {names}.")
+                0 <= strength < float("inf")):
+            raise ValueError(f"Received: strength={strength!r}. Expected a number >= 0, e.g. 1.0.")
+        names = [rnn.name for _, rnn in diagnostics.rnn_layers(model)]
+        found = [rnn for _, rnn in diagnostics.rnn_layers(model) if layer in (None, rnn.name)]
+        if len(found) != 1:  # none, or layer=None and several
+            raise ValueError(f"Received: layer={layer!r}. Expected the name of one VanillaRNN "
+                             f"layer of model '{model.name}' (None: its only one); it has {names}.")
         if found[0].cell.dropout or found[0].cell.recurrent_dropout:
-            raise ValueError(f"Received: layer '{found[0].name}' with dropout. Expected "
-                             "dropout=0 and recurrent_dropout=0: Omega follows one trajectory.")
+            raise ValueError(f"Received: layer '{found[0].name}' with dropout. Expected none.")
         super().__init__(**kwargs)
         self.model, self.strength, self.layer = model, float(strength), found[0].name
-        # Not tracked: `model.metrics` (and so `evaluate`) stays the wrapped model's.
+        # Untracked, so `metrics` (and `evaluate`) stay the wrapped model's.
+        object.__setattr__(self, "_rnn", found[0])
         object.__setattr__(self, "_omega", keras.metrics.Mean(name="omega"))
 
     def call(self, inputs, training=False):
         return self.model(inputs, training=training)
 
-    def _rnn(self):
-        return next(rnn for _, rnn in diagnostics.rnn_layers(self.model) if rnn.name == self.layer)
-
     def train_step(self, data):
         import tensorflow as tf
 
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        rnn, calls = self._rnn(), []
+        rnn, calls = self._rnn, []
 
         def source(sequences, initial_state, mask):  # the first call's probe
             if mask is not None:
-                raise ValueError(f"Layer '{rnn.name}' received a mask. Expected none: "
-                                 "VanishingGradientRegularizer does not support masking.")
+                raise ValueError(f"Layer '{rnn.name}' received a mask. Expected none.")
             if calls:
                 return None
             p = ops.zeros((*ops.shape(sequences)[:2], rnn.cell.units), sequences.dtype)
             tape.watch(p)
-            h0 = initial_state[0] if isinstance(initial_state, (list, tuple)) else initial_state
-            calls.append((sequences, h0, p))
+            calls.append((sequences, tf.nest.flatten(initial_state)[0], p))
             return p
 
         with tf.GradientTape() as tape:
             with probe_lib.attach(rnn, source):
                 y_pred = self(x, training=True)
-            loss = self.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
-                                     training=True)
+            loss = self.compute_loss(x, y, y_pred, sample_weight, training=True)
             self._loss_tracker.update_state(loss, sample_weight=tf.shape(tf.nest.flatten(x)[0])[0])
             scaled = self.optimizer.scale_loss(loss)
         weights, (sequences, h0, p) = self.trainable_weights, calls[0]
         *grads, d = tape.gradient(scaled, [*weights, p])
-        recurrent = rnn.cell.recurrent_kernel
-        with tf.GradientTape(watch_accessed_variables=False) as omega_tape:
-            omega_tape.watch(recurrent.value)
+        with tf.GradientTape() as omega_tape:
             omega = omega_value(rnn, sequences, h0, d)
-        for i, w in enumerate(weights):
-            if w is recurrent:
-                grads[i] += self.strength * omega_tape.gradient(omega, recurrent.value)
-        self.optimizer.apply(grads, weights)
+        recurrent = rnn.cell.recurrent_kernel
+        extra = self.strength * omega_tape.gradient(omega, recurrent.value)
+        self.optimizer.apply([g + extra if w is recurrent else g for g, w in zip(grads, weights)],
+                             weights)
         self._omega.update_state(omega)
         return {**self.compute_metrics(x, y, y_pred, sample_weight), "omega": self._omega.result()}
 
@@ -138,9 +108,8 @@ class VanishingGradientRegularizer(keras.Model):
 
 
 def omega_value(rnn, sequences, h0, d):
-    """Omega of `rnn` (see `VanishingGradientRegularizer`) for its input `sequences`
-    (batch, T, features), initial state `h0` and `d = dE/dh_t` (batch, T, units, by
-    input time), as a function of `W_hh` alone (everything else held constant)."""
+    """Omega of `rnn` for its inputs `sequences`, initial state `h0` and `d = dE/dh_t`
+    (batch, T, units; input time), as a function of `W_hh` alone."""
     import tensorflow as tf
 
     cell, recurrent = rnn.cell, rnn.cell.recurrent_kernel.value
@@ -158,7 +127,7 @@ def omega_value(rnn, sequences, h0, d):
         a = cell.activation(z)
     slope = tape.gradient(a, z)
     d = ops.stop_gradient(d[:, 1:])
-    scale = ops.max(ops.abs(d), axis=-1, keepdims=True)  # d/||d|| without underflow
+    scale = ops.max(ops.abs(d), axis=-1, keepdims=True)  # d / ||d|| without underflow
     live = scale > 0
     d = d / ops.where(live, scale, 1.0)
     d = d / ops.where(live, ops.norm(d, axis=-1, keepdims=True), 1.0)

@@ -1,5 +1,6 @@
-"""Tests for experiments/long_range.py: the four models, and a tiny
-end-to-end sweep (adding + copy, a VanillaRNN and the LSTM)."""
+"""Tests for experiments/long_range.py: the five models, a tiny end-to-end
+sweep (adding + copy, a VanillaRNN and the LSTM) and the `--budget long`
+preset (shrunk to seconds by flags after it)."""
 
 import json
 import math
@@ -40,6 +41,12 @@ def test_models_are_what_they_claim():
     w = rnn.cell.recurrent_kernel.value.numpy()
     np.testing.assert_allclose(w.T @ w, np.eye(5), atol=1e-5)  # orthogonal
     assert clip.output_shape == (None, 4 + 2 * s["copy_len"], s["n_symbols"] + 2)
+
+    omega = long_range.build_model("adding", 7, "rnn_tanh_clip_omega", s, seed=0)
+    assert isinstance(omega, keras_vrnn.VanishingGradientRegularizer)
+    assert omega.strength == pytest.approx(s["omega_strength"]) and omega.layer == "rnn"
+    assert omega.optimizer.global_clipnorm == pytest.approx(s["clipnorm"])
+    assert omega.model.get_layer("rnn").activation is keras.activations.tanh
 
     lstm = long_range.build_model("adding", 7, "lstm", s, seed=0)
     assert isinstance(lstm.get_layer("rnn"), keras.layers.LSTM)
@@ -112,3 +119,28 @@ def test_bad_flags_exit_2(tmp_path, capsys):
             long_range.main(flags + ["--workdir_root", str(tmp_path)])
         assert exit_info.value.code == 2
         assert fragment in capsys.readouterr().err
+
+
+def test_long_budget_preset(tmp_path):
+    """`--budget long` sets the adding problem at T=100 with all five models;
+    flags after it win (here: everything shrunk to a 2-step smoke run)."""
+    argv = ["--budget", "long", "--adding_lengths", "6", "--units", "4", "--batch_size", "8",
+            "--train_steps", "2", "--steps_per_epoch", "2", "--validation_samples", "8",
+            "--test_samples", "8", "--grad_samples", "8", "--grad_every_n_batches", "1",
+            "--workdir_root", str(tmp_path), "--run_name", "long", "--verbose", "0"]
+    workdir, results = long_range.main(argv)
+    config = json.loads((workdir / "config.json").read_text())
+    assert config["budget"] == "long" and config["copy_lengths"] == ""
+    assert config["train_steps"] == 2 and config["models"] == (
+        "rnn_tanh,rnn_tanh_clip,irnn,rnn_tanh_clip_omega,lstm")
+    assert results["counts"]["ok"] == 5
+    rows = {r["model"]: r for r in results["rows"]}
+    for model in ("rnn_tanh", "rnn_tanh_clip", "irnn", "rnn_tanh_clip_omega"):
+        assert 1 <= rows[model]["grad_horizon_end"] <= 6, model
+    assert "grad_horizon_end" not in rows["lstm"]
+    assert _png_ok(workdir / "plots" / "gradient_norms_by_model.png")
+    preset = long_range.BUDGETS["long"]
+    assert preset[preset.index("--adding_lengths") + 1] == "100"
+    assert int(preset[preset.index("--train_steps") + 1]) >= 2000
+    with pytest.raises(SystemExit):
+        long_range.main(["--budget", "huge", "--workdir_root", str(tmp_path)])
