@@ -61,7 +61,7 @@ MODELS = ("rnn_tanh", "irnn", "rnn_tanh_clip", "rnn_tanh_clip_omega", "lstm")
 # Presets of --budget: flags put before the command line's, which win.
 BUDGETS = {"default": [], "long": [
     "--adding_lengths", "100", "--copy_lengths", "", "--train_steps", "5000",
-    "--steps_per_epoch", "250", "--grad_every_n_batches", "500",
+    "--steps_per_epoch", "250", "--grad_every_n_batches", "500", "--omega_strength", "10",
     "--models", "rnn_tanh,rnn_tanh_clip,irnn,rnn_tanh_clip_omega,lstm"]}
 LAYER = "rnn"
 METRIC_NAMES = ("metric", "baseline", "metric_ratio", "grad_factor_end", "grad_horizon_end")
@@ -80,7 +80,8 @@ class Config(sweep.SweepConfig):
     models: str = option("rnn_tanh,irnn,rnn_tanh_clip,lstm", "Comma-separated models: "
                          "rnn_tanh, irnn, rnn_tanh_clip, rnn_tanh_clip_omega, lstm.")
     budget: str = option("default", "Preset of the settings (BUDGETS): default, or long "
-                         "(adding T=100, 5000 steps, all five models).", choices=tuple(BUDGETS))
+                         "(adding T=100, 5000 steps, all five models, omega_strength 10).",
+                         choices=tuple(BUDGETS))
     # Arjovsky et al. copy 10 symbols, which stays at the baseline for
     # thousands of steps beyond the default budget; 3 is learnable in it.
     copy_len: int = option(3, "Copy memory: number of symbols to copy (Arjovsky et al.: 10).")

@@ -142,5 +142,6 @@ def test_long_budget_preset(tmp_path):
     preset = long_range.BUDGETS["long"]
     assert preset[preset.index("--adding_lengths") + 1] == "100"
     assert int(preset[preset.index("--train_steps") + 1]) >= 2000
+    assert config["omega_strength"] == 10.0
     with pytest.raises(SystemExit):
         long_range.main(["--budget", "huge", "--workdir_root", str(tmp_path)])
