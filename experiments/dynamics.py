@@ -95,7 +95,8 @@ class Config(sweep.SweepConfig):
 
 
 def make_task(n, T, seed, input_scale=1.0, target_steps=1):
-    """Inputs `(n, T, 1)` ~ N(0, input_scale^2), targets `(n, 1)`; seeded by `(seed, T)`."""
+    """Inputs `(n, T, 1)` ~ N(0, input_scale^2) and targets `(n, 1)`, the mean of the
+    first `target_steps` inputs; seeded by `(seed, T)`."""
     x = (np.random.default_rng([seed, T]).standard_normal((n, T, 1)) * input_scale)
     return x.astype(np.float32), x[:, :target_steps, 0].mean(1, keepdims=True).astype(np.float32)
 
@@ -235,6 +236,10 @@ def _stat(fn, values):  # fn of the finite values, None if there are none
     return float(fn(values[np.isfinite(values)])) if np.isfinite(values).any() else None
 
 
+STATS = ("max_factor", "crossing_gain", "lyapunov_crossing_gain",  # of the summary, per phase
+         "log_factor_minus_lyapunov_median", "theory_median_rel_err", "theory_rms_median_rel_err")
+
+
 def summarize(rows):
     """Per (T, activation) and phase: max factor, gains where factor and exp(lambda_1)
     cross 1, medians of log(factor) - lambda_1 and of the theories' relative errors."""
@@ -249,16 +254,13 @@ def summarize(rows):
             factors = np.where([ph == "init" and _overflowed(r) for r in sel],
                                col("init_jacobian_factor"), col(f"{ph}_factor"))
             with np.errstate(all="ignore"):
-                entry.update({
-                    f"{ph}_max_factor": _stat(np.max, factors),
-                    f"{ph}_crossing_gain": sweep.log_crossing(gains, list(factors)),
-                    f"{ph}_lyapunov_crossing_gain": sweep.log_crossing(
-                        gains, list(np.exp(col(f"{ph}_lyapunov")))),
-                    f"{ph}_log_factor_minus_lyapunov_median": _stat(
-                        np.median, col(f"{ph}_log_factor") - col(f"{ph}_lyapunov")),
-                    **{f"{ph}_{theory}_median_rel_err": _stat(np.median, np.abs(
-                        col(f"{ph}_factor") / col(f"{ph}_{theory}") - 1))
-                       for theory in ("theory", "theory_rms")}})
+                lyapunov, ratios = col(f"{ph}_lyapunov"), [
+                    col(f"{ph}_factor") / col(f"{ph}_{t}") for t in ("theory", "theory_rms")]
+                entry.update(zip((f"{ph}_{k}" for k in STATS), (
+                    _stat(np.max, factors), sweep.log_crossing(gains, list(factors)),
+                    sweep.log_crossing(gains, list(np.exp(lyapunov))),
+                    _stat(np.median, col(f"{ph}_log_factor") - lyapunov),
+                    *(_stat(np.median, np.abs(ratio - 1)) for ratio in ratios))))
         entry["diverged"] = [{"gain": r["gain"], "step": r.get("diverged_step"), "phase": r.get(
             "diverged_phase")} for r in sel if r["status"] == "diverged"]
         out.append({**entry, "crashed": [r["gain"] for r in sel if r["status"] == "crashed"]})
@@ -282,20 +284,10 @@ def _cell(row, phase, activation):
     return text + (f" ‖ {fmt(log_factor)} / {fmt(lyap)}" if finite(lyap) else "")
 
 
-SUMMARY_COLUMNS = {  # header: key of a summary entry
-    "max factor init": "init_max_factor", "factor = 1 at gain (init)": "init_crossing_gain",
-    "lambda1 = 0 at gain (init)": "init_lyapunov_crossing_gain",
-    "median log_factor - lambda1 (init)": "init_log_factor_minus_lyapunov_median",
-    "max factor trained": "trained_max_factor",
-    "median log_factor - lambda1 (trained)": "trained_log_factor_minus_lyapunov_median",
-    "median rel. err. theory (init)": "init_theory_median_rel_err",
-    "median rel. err. rms theory (init)": "init_theory_rms_median_rel_err"}
-
-
 def markdown(results, config):
     """results.md: a factor table per length and phase, the summary, all rows."""
     rows, activations = results["rows"], config.activation_list()
-    by_key = sweep.index_rows(rows, GRID)
+    by_key, columns = sweep.index_rows(rows, GRID), [f"{p}_{k}" for p, _ in PHASES for k in STATS]
     lines = [
         f"{sweep.counts_line(results)} Units {config.units}, {config.train_steps} Adam steps (lr "
         f"{config.learning_rate:g}, batch {config.batch_size}), loss (MSE) at the last step "
@@ -314,10 +306,10 @@ def markdown(results, config):
     lines += sweep.md_section(
         "Summary per activation and length", "Max factor and crossing gain at init include "
         "the float64 Jacobian factor of configurations that overflowed float32.", "",
-        *sweep.md_table(["T", "activation", *SUMMARY_COLUMNS, "diverged"], [
-            [e["T"], e["activation"], *(fmt(e[k]) for k in SUMMARY_COLUMNS.values()), ", ".join(
+        *sweep.md_table(["T", "activation", *columns, "diverged"], [
+            [e["T"], e["activation"], *(fmt(e[k]) for k in columns), ", ".join(
                 f"g={d['gain']:g}@{d['step']}" for d in e["diverged"]) or "none"]
-            for e in results["summary"]], "rl" + "r" * len(SUMMARY_COLUMNS) + "l"))
+            for e in results["summary"]], "rl" + "r" * len(columns) + "l"))
     lines += sweep.configs_section(rows, ["init_jacobian_factor", *(
         f"{ph}_{k}" for ph, _ in PHASES for k in ("factor", "log_factor", "lyapunov", "theory",
                                                   "spectral_radius", "mean_abs_dact", "horizon")),
@@ -373,8 +365,7 @@ def plot_factors(rows, config, png):
             pts = [(r["gain"], math.exp(r[key]) if key.endswith("lyapunov") else r[key])
                    for r in sel if finite(r.get(key))
                    and (key != "init_jacobian_factor" or _overflowed(r))]
-            if pts:
-                ax.plot(*zip(*pts), label=label, **style)
+            ax.plot(*(zip(*pts) if pts else ([], [])), label=label, **style)  # every label
         for r in (r for r in sel if r["status"] == "diverged" and not _overflowed(r)):
             ax.axvline(r["gain"], color="C3", lw=0.8, alpha=0.3)
         sweep.log_log_axes(ax, gains, title=f"{activation}, T={T}", ylabel="per-step factor",
