@@ -22,8 +22,15 @@ native: $(STAMP)
 run: native
 	$(PY) -m experiments.gains
 
+# The backend-neutral test files, run again on JAX and on PyTorch after the
+# full run on TensorFlow (tests marked tensorflow_only skip there).
+BACKEND_TESTS := tests/test_layer.py tests/test_cell.py tests/test_fused.py \
+	tests/test_serialization.py tests/test_interop.py tests/test_torch_backend.py
+
 test: native
 	$(PY) -m pytest -n 2 -q
+	KERAS_BACKEND=jax $(PY) -m pytest -n 2 -q $(BACKEND_TESTS)
+	KERAS_BACKEND=torch $(PY) -m pytest -n 2 -q $(BACKEND_TESTS)
 
 bench: native
 	$(PY) benchmarks/benchmark.py

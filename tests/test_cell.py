@@ -18,11 +18,6 @@ from rnn_configs import ACTIVATIONS
 from rnn_configs import constant_initializers
 from rnn_configs import covering_configs
 
-pytestmark = pytest.mark.skipif(
-    keras.backend.backend() != "tensorflow",
-    reason="TensorFlow-side tests (JAX is covered by test_jax_backend.py)",
-)
-
 TOL = 1e-5
 
 
@@ -190,9 +185,9 @@ def test_weights_match_simple_rnn_cell():
 def test_default_initializers():
     cell = VanillaRNNCell(5, seed=3)
     cell.build((2, 4))
-    U = cell.recurrent_kernel.numpy()
+    U = keras.ops.convert_to_numpy(cell.recurrent_kernel)
     np.testing.assert_allclose(U.T @ U, np.eye(5), atol=1e-5)  # orthogonal
-    np.testing.assert_array_equal(cell.bias.numpy(), 0.0)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(cell.bias), 0.0)
     assert cell.seed == 3
 
 
@@ -294,7 +289,7 @@ def test_rnn_cell_stateful_matches_simple_rnn_cell():
             v.reset_state()
             s.reset_state()
         _equal(v(x), s(x), f"batch {i}")
-        _equal(v.states[0].numpy(), s.states[0].numpy(), f"state {i}")
+        _equal(keras.ops.convert_to_numpy(v.states[0]), keras.ops.convert_to_numpy(s.states[0]), f"state {i}")
 
 
 @pytest.mark.parametrize("rates", [(0.5, 0.0), (0.0, 0.5), (0.3, 0.6)])
@@ -310,7 +305,7 @@ def test_rnn_cell_dropout_matches_simple_rnn_cell(rates):
     first = v(x, training=True)
     _equal(first, s(x, training=True), "call 1")
     _equal(v(x, training=True), s(x, training=True), "call 2")
-    assert not np.allclose(np.asarray(first), np.asarray(v(x)))
+    assert not np.allclose(keras.ops.convert_to_numpy(first), keras.ops.convert_to_numpy(v(x)))
 
 
 @pytest.mark.parametrize("return_state", [False, True])

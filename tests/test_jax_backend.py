@@ -20,10 +20,8 @@ from keras_vrnn import VanillaRNN
 from keras_vrnn import VanillaRNNCell
 
 pytest.importorskip("jax")
-pytestmark = pytest.mark.skipif(
-    keras.backend.backend() != "tensorflow",
-    reason="compares the JAX backend (subprocess) with TensorFlow (here)",
-)
+# Compares the JAX backend (subprocess) with TensorFlow (here).
+pytestmark = pytest.mark.tensorflow_only
 
 TOL = 1e-5
 # (activation, go_backwards, return_sequences) x the three implementations.
