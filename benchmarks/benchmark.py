@@ -38,10 +38,12 @@ Also printed per size:
   TensorFlow's kernels). An implementation using these kernels beats
   SimpleRNN by more than this only as far as it overlaps the two parts.
 
-Backends: TensorFlow (the default; the native kernels on a CPU) and JAX
+Backends: TensorFlow (the default; the native kernels on a CPU), JAX
 (`KERAS_BACKEND=jax`: the `lax.scan` fused path, on whatever device JAX
-uses, a GPU included; no gradient-norm row there, the diagnostics run on
-TensorFlow only). torch.nn.RNN runs on the CPU under both.
+uses, a GPU included) and PyTorch (`KERAS_BACKEND=torch`: torch's own RNN
+kernel, keras_vrnn.fused_torch, and SimpleRNN on the same backend, on the
+CPU or Keras' CUDA device). The gradient-norm row runs on TensorFlow only.
+torch.nn.RNN runs on the CPU under all three.
 
 After the rounds, on a CPU: the float32 FMA peak of the same number of
 threads (`fma_peak.cc`: register-only FMA chains at the native kernels'
@@ -156,9 +158,11 @@ def import_torch():
 
 def keras_threads():
     """The CPU threads the Keras backend's ops run on: TensorFlow's intra-op
-    setting (0: one per core); JAX's CPU backend uses one per core."""
+    setting (0: one per core), torch's; JAX's CPU backend uses one per core."""
     import keras
 
+    if keras.backend.backend() == "torch":
+        return import_torch().get_num_threads()
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
 
@@ -208,7 +212,8 @@ def matmul_limit(B, T, D, H, repeats=20):
     """Seconds of the bare matmuls of one train step and of one inference.
 
     Measured with the running backend's own kernels: TensorFlow (through its
-    executor and XLA-compiled, the faster of the two) or JAX (jitted).
+    executor and XLA-compiled, the faster of the two), JAX (jitted) or torch
+    (eager).
     """
     rng = np.random.default_rng(0)
     arrays = {
@@ -224,6 +229,8 @@ def matmul_limit(B, T, D, H, repeats=20):
 
     if keras.backend.backend() == "jax":
         times = _bare_matmul_times_jax(arrays, chain, repeats)
+    elif keras.backend.backend() == "torch":
+        times = _bare_matmul_times_torch(arrays, chain, repeats)
     else:
         times = _bare_matmul_times_tf(arrays, chain, repeats)
     per_step = times["sequential"] / chain
@@ -288,6 +295,24 @@ def _bare_matmul_times_jax(arrays, chain, repeats):
         jitted(a).block_until_ready()
         times[name] = min(timed(lambda: jitted(a).block_until_ready()) for _ in range(repeats))
     return times
+
+
+def _bare_matmul_times_torch(arrays, chain, repeats):
+    import keras
+
+    a = {k: keras.ops.convert_to_tensor(v) for k, v in arrays.items()}
+    sync = _torch_sync()
+    times = {}
+    for name, fn in _bare_products(lambda p, q: p @ q, lambda p, q: p.T @ q, chain).items():
+        fn(a)
+        times[name] = min(timed(lambda: (fn(a), sync())) for _ in range(repeats))
+    return times
+
+
+def _torch_sync():
+    """Waits for Keras' torch device (CUDA runs asynchronously)."""
+    torch = import_torch()
+    return torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
 
 
 def flops(B, T, D, H):
@@ -467,6 +492,8 @@ def _peak_summary(results, peak):
 def _on_cpu():
     import keras
 
+    if keras.backend.backend() == "torch":  # Keras takes CUDA where there is one
+        return not import_torch().cuda.is_available()
     if keras.backend.backend() == "jax":
         import jax
 
@@ -509,6 +536,8 @@ def _backend_description():
 
         device = jax.devices()[0]
         return f"JAX {jax.__version__} on {device.platform.upper()} ({device.device_kind})"
+    if keras.backend.backend() == "torch":
+        return f"PyTorch backend on {'CPU' if _on_cpu() else 'CUDA'}"
     import tensorflow as tf
 
     return f"TF {tf.__version__}"
@@ -519,6 +548,8 @@ def _fused_path_description():
 
     if keras.backend.backend() == "jax":
         return "lax.scan with a custom VJP (keras_vrnn.fused_jax)"
+    if keras.backend.backend() == "torch":
+        return "torch's RNN kernel, torch._VF.rnn_tanh (keras_vrnn.fused_torch)"
     from keras_vrnn import native
 
     if native.library() is not None:
