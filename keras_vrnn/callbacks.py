@@ -8,6 +8,7 @@ import os
 import re
 import struct
 import tempfile
+import time
 import zlib
 
 import keras
@@ -257,7 +258,6 @@ class GradientNormCallback(keras.callbacks.Callback):
         resume=False,
     ):
         super().__init__()
-        diagnostics._require_tensorflow("GradientNormCallback")
         self.log_dir = _check_log_dir(log_dir)
         self.data = _check_data(data)
         self.every_n_batches = diagnostics.check_positive_int(
@@ -486,27 +486,36 @@ class GradientNormCallback(keras.callbacks.Callback):
         self._write_csv([(step, means[""])])
 
     # -- outputs ---------------------------------------------------------------
-    def _get_writer(self):
-        if self._writer is None:
-            import tensorflow as tf
+    def _write_event(self, step, summary):
+        """Writes one TensorBoard event (TensorBoard's own writer, no
+        TensorFlow needed), opening the event file on the first."""
+        from tensorboard.compat.proto import event_pb2
+        from tensorboard.compat.proto import summary_pb2
+        from tensorboard.plugins.custom_scalar import metadata
+        from tensorboard.summary.writer.event_file_writer import EventFileWriter
+        from tensorboard.util import tensor_util
 
-            self._writer = tf.summary.create_file_writer(self._train_dir)
-            with self._writer.as_default():
-                self._write_layout()
-        return self._writer
+        if self._writer is None:
+            self._writer = EventFileWriter(self._train_dir)
+            layout = summary_pb2.Summary()
+            layout.value.add(
+                tag=metadata.CONFIG_SUMMARY_TAG,
+                metadata=metadata.create_summary_metadata(),
+                tensor=tensor_util.make_tensor_proto(self._layout().SerializeToString()),
+            )
+            self._write_event(0, layout)
+        event = event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary)
+        self._writer.add_event(event)
 
     def _close_writer(self):
         if self._writer is not None:
-            self._writer.flush()
             self._writer.close()
             self._writer = None
 
-    def _write_layout(self):
-        import tensorflow as tf
+    def _layout(self):
         from tensorboard.plugins.custom_scalar import layout_pb2
-        from tensorboard.plugins.custom_scalar import summary as cs_summary
 
-        categories = [
+        return layout_pb2.Layout(category=[
             layout_pb2.Category(
                 title=f"BPTT gradient norms: {key}",
                 chart=[
@@ -520,42 +529,44 @@ class GradientNormCallback(keras.callbacks.Callback):
                 ],
             )
             for key in self._keys
-        ]
-        layout = layout_pb2.Layout(category=categories)
-        tf.summary.experimental.write_raw_pb(
-            cs_summary.pb(layout).SerializeToString(), step=0
-        )
+        ])
 
     def _write_summaries(self, step, current):
-        import tensorflow as tf
+        """Scalars, histograms and the heatmap image of one log, as the
+        `tf.summary` ops write them (tensors with plugin metadata)."""
+        from tensorboard.compat.proto import summary_pb2
+        from tensorboard.plugins.histogram.summary_v2 import histogram_pb
+        from tensorboard.plugins.image import metadata as image_metadata
+        from tensorboard.plugins.scalar.summary_v2 import scalar_pb
+        from tensorboard.util import tensor_util
 
         from keras_vrnn import plots
 
-        writer = self._get_writer()
-        with writer.as_default():
-            for key in self._keys:
-                p = self._prefixes[key]
-                c = current[key]
-                for tag, field in SCALAR_TAGS.items():
-                    tf.summary.scalar(f"{p}/{tag}", c[field], step=step)
-                values = c["values"]
-                with np.errstate(all="ignore"):
-                    usable = values[np.isfinite(values) & (values > 0)]
-                tf.summary.histogram(
-                    f"{p}/{HISTOGRAM_TAG}", np.log10(usable), step=step
-                )
-                spectrum = c["lyapunov"]
-                tf.summary.histogram(
-                    f"{p}/{LYAPUNOV_TAG}", spectrum[np.isfinite(spectrum)], step=step
-                )
-                png = plots.heatmap_png(
-                    np.stack([rows[key] for _, rows in self._heatmap]),
-                    [logged for logged, _ in self._heatmap],
-                    f"log10 mean ||dl_T/dh_t||, last step's loss: {key}",
-                )
-                image = tf.image.decode_png(png, channels=3)[None]
-                tf.summary.image(f"{p}/{IMAGE_TAG}", image, step=step)
-        writer.flush()
+        summary = summary_pb2.Summary()
+        for key in self._keys:
+            p, c = self._prefixes[key], current[key]
+            values = c["values"]
+            with np.errstate(all="ignore"):
+                usable = values[np.isfinite(values) & (values > 0)]
+            spectrum = c["lyapunov"]
+            parts = [scalar_pb(f"{p}/{tag}", c[field]) for tag, field in SCALAR_TAGS.items()]
+            parts += [histogram_pb(f"{p}/{HISTOGRAM_TAG}", np.log10(usable)),
+                      histogram_pb(f"{p}/{LYAPUNOV_TAG}", spectrum[np.isfinite(spectrum)])]
+            for part in parts:
+                summary.value.extend(part.value)
+            png = plots.heatmap_png(
+                np.stack([rows[key] for _, rows in self._heatmap]),
+                [logged for logged, _ in self._heatmap],
+                f"log10 mean ||dl_T/dh_t||, last step's loss: {key}",
+            )
+            size = [str(n).encode() for n in struct.unpack(">II", png[16:24])]  # IHDR
+            summary.value.add(
+                tag=f"{p}/{IMAGE_TAG}",
+                metadata=image_metadata.create_summary_metadata(None, None),
+                tensor=tensor_util.make_tensor_proto(np.array(size + [png], object)),
+            )
+        self._write_event(step, summary)
+        self._writer.flush()
 
     def _write_csv(self, logs, fresh=False):
         """Appends `logs`, `(step, {key: mean norms})` pairs, to the CSV

@@ -30,17 +30,19 @@ BACKEND = keras.backend.backend()
 def float64(monkeypatch):
     """Builds models in float64 (layers, loss) and restores the defaults.
 
-    On JAX, x64 is enabled for the test, and Keras' type promotion, which
-    maps float64 to float32 on backends other than TensorFlow (so that
-    `ops.tanh` of float64 is float32), keeps float64.
+    Keras' type promotion maps float64 to float32 on backends other than
+    TensorFlow (`ops.tanh` of float64 is float32 on JAX, a torch Dense
+    layer adds its float64 bias in float32): here it keeps float64. On JAX,
+    x64 is enabled for the test.
     """
+    from keras.src.backend.common import dtypes
+
+    monkeypatch.setitem(dtypes.BIT64_TO_BIT32_DTYPE, "float64", "float64")
     floatx = keras.config.floatx()
     policy = keras.config.dtype_policy()
     if BACKEND == "jax":
         import jax
-        from keras.src.backend.common import dtypes
 
-        monkeypatch.setitem(dtypes.BIT64_TO_BIT32_DTYPE, "float64", "float64")
         x64 = jax.config.jax_enable_x64
         jax.config.update("jax_enable_x64", True)
     keras.config.set_floatx("float64")
