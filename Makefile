@@ -25,7 +25,8 @@ run: native
 # The backend-neutral test files, run again on JAX and on PyTorch after the
 # full run on TensorFlow (tests marked tensorflow_only skip there).
 BACKEND_TESTS := tests/test_layer.py tests/test_cell.py tests/test_fused.py \
-	tests/test_serialization.py tests/test_interop.py tests/test_torch_backend.py
+	tests/test_serialization.py tests/test_interop.py tests/test_torch_backend.py \
+	tests/test_diagnostics.py tests/test_lyapunov.py tests/test_callback.py
 
 test: native
 	$(PY) -m pytest -n 2 -q
