@@ -32,9 +32,7 @@ def check_units(units):
 
 def check_rate(name, rate):
     # numbers.Real also admits NumPy scalars (np.float32), as SimpleRNN does.
-    if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not (
-        0.0 <= rate <= 1.0
-    ):
+    if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not 0 <= rate <= 1:
         raise ValueError(
             f"Received: {name}={rate!r}. Expected a float in [0, 1], the "
             f"fraction of units to drop, e.g. {name}=0.1 (0 disables it)."
@@ -142,17 +140,13 @@ class VanillaRNNCell(keras.layers.SimpleRNNCell):
         **kwargs,
     ):
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise ValueError(
-                f"Received: seed={seed!r}. Expected an integer or None."
-            )
+            raise ValueError(f"Received: seed={seed!r}. Expected an integer or None.")
         super().__init__(
             check_units(units),
             activation=get_activation(activation),
             use_bias=bool(use_bias),
             kernel_initializer=get_initializer("kernel_initializer", kernel_initializer),
-            recurrent_initializer=get_initializer(
-                "recurrent_initializer", recurrent_initializer
-            ),
+            recurrent_initializer=get_initializer("recurrent_initializer", recurrent_initializer),
             bias_initializer=get_initializer("bias_initializer", bias_initializer),
             kernel_regularizer=kernel_regularizer,
             recurrent_regularizer=recurrent_regularizer,

@@ -13,14 +13,12 @@ framework overhead dominates, not FLOPs. The fused path
    `dW_hh = H_prev^T @ dZ` as one GEMM after the loop.
 
 Memory: the backward keeps the T hidden states and the projected inputs,
-O(batch * T * units), nothing per step beyond that (the native kernels keep
-the hidden states and the layer's inputs only).
+O(batch * T * units) (the native kernels: hidden states and inputs).
 
-Layout, as in Keras' own RNN layers (`keras.layers.LSTM` and
-`keras/src/backend/*/rnn.py`): `VanillaRNN.inner_loop` asks the current
-backend's kernel module for the recurrence and falls back to the generic
-loop. Each backend's kernel lives in its own module with the same entry
-point, `recurrence_from_inputs(x, kernel, bias, h0, recurrent_kernel, act,
+As in Keras' own RNN layers (`keras/src/backend/*/rnn.py`),
+`VanillaRNN.inner_loop` asks the backend's kernel module for the recurrence,
+else runs the generic loop. Each module has the entry point
+`recurrence_from_inputs(x, kernel, bias, h0, recurrent_kernel, act,
 rec_mask, probe, weight_gradients)`:
 
 - `keras_vrnn.fused_tf` (TensorFlow): on a CPU, native kernels built for this
@@ -28,15 +26,12 @@ rec_mask, probe, weight_gradients)`:
   an accelerator, in float16 or inside an XLA-compiled function, an
   XLA-compiled `tf.while_loop` with `tf.custom_gradient`;
 - `keras_vrnn.fused_jax` (JAX): `lax.scan` with `jax.custom_vjp`;
-- `keras_vrnn.fused_torch` (PyTorch): torch's own RNN kernel (tanh and relu;
-  no probe or recurrent dropout while training).
+- `keras_vrnn.fused_torch` (PyTorch): torch's own RNN kernel and autograd
+  (tanh and relu; no probe, no recurrent dropout while training).
 
-This module holds what they share and imports none of them. Masks,
-`unroll=True` and other activations use the generic loop.
-
-A gradient probe (see `keras_vrnn.probe`) is supported on TensorFlow and JAX: `h_t = act(z_t) +
-p_t`, and the probe's gradient is the total dL/dh_t the reverse loop already
-computes.
+This module holds what they share and imports none of them. A gradient
+probe (`keras_vrnn.probe`, TensorFlow and JAX): `h_t = act(z_t) + p_t`; its
+gradient is the total dL/dh_t the reverse loop computes anyway.
 """
 
 import keras

@@ -16,12 +16,8 @@ from keras_vrnn.fused import project
 # Steps per iteration of the compiled loops.
 _UNROLL = 4
 
-_ACTIVATIONS = {
-    "tanh": jnp.tanh,
-    "sigmoid": jax.nn.sigmoid,
-    "relu": jax.nn.relu,
-    "linear": lambda z: z,
-}
+_ACTIVATIONS = {"tanh": jnp.tanh, "sigmoid": jax.nn.sigmoid, "relu": jax.nn.relu,
+                "linear": lambda z: z}
 
 
 def _forward(act, projected, h0, recurrent_kernel, rec_mask, probe):
@@ -64,12 +60,7 @@ def _recurrence_bwd(act, residuals, upstream):
         return carry, (dz, dh)
 
     dh0, (dz, dh) = jax.lax.scan(
-        step,
-        jnp.zeros_like(h0),
-        (upstream, derivative),
-        reverse=True,
-        unroll=_UNROLL,
-    )
+        step, jnp.zeros_like(h0), (upstream, derivative), reverse=True, unroll=_UNROLL)
     h_prev = jnp.concatenate([h0[None], hs[:-1]], axis=0)
     if rec_mask is not None:
         h_prev = h_prev * rec_mask

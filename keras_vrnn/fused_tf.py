@@ -1,37 +1,28 @@
 """TensorFlow implementation of the fused recurrence (see `keras_vrnn.fused`).
 
-What costs time on a CPU, measured with `benchmarks/benchmark.py` and
-ablations of it on a 2-core machine, and what this module does about it:
+What costs time on a CPU (measured with `benchmarks/benchmark.py` and its
+ablations on 2 cores) and what this module does about it:
 
-- Per-step framework overhead: the loops are XLA-compiled
-  (`jit_compile=True`), which turns them into native code. Only the loops
-  are compiled: XLA on the whole Keras train step is slower on CPU because
-  TensorFlow's automatic while-loop gradient is; ours is written by hand.
-  (Doing several steps per loop iteration measured no faster once compiled.)
-- Copies between layouts: the interface is batch-major `(B, T, H)`, like the
-  layer's inputs and outputs, so no transpose runs outside the compiled
-  code; inside it the loop reads batch-major slices `[:, t]` and writes
-  time-major ones, transposed once at the end (the compiled copy is fast).
-- One idle core: XLA runs the small per-step `(B, H) x (H, H)` product on
-  one core, so on a CPU the batch is cut in two halves that run as two
-  independent compiled loops, which TensorFlow's executor runs concurrently
-  (`KERAS_VRNN_BATCH_PARTS`). The halves give the same numbers as the whole
-  batch: every row of the batch is its own recurrence.
-- dW_hh: one GEMM over all steps after the backward loop, by TensorFlow's
-  matmul (with XLA's, the train step at (64,200,64,256) was 1.47x instead
-  of 1.68x faster than SimpleRNN); the compiled backward lays out its left
-  operand, where the copy is fused.
+- Per-step framework overhead: only the loops are XLA-compiled
+  (`jit_compile=True`); XLA on the whole train step is slower on CPU, as
+  TensorFlow's automatic while-loop gradient is (ours is hand-written).
+- Layout copies: the interface is batch-major `(B, T, H)` like the layer's,
+  so no transpose runs outside compiled code; the loop reads slices `[:, t]`
+  and writes time-major, transposed once at the end.
+- One idle core: XLA runs the per-step `(B, H) x (H, H)` product on one
+  core, so on a CPU the batch is cut into halves run as two independent
+  compiled loops, concurrently (`KERAS_VRNN_BATCH_PARTS`); each row is its
+  own recurrence, so the numbers are those of the whole batch.
+- dW_hh: one GEMM after the backward loop by TensorFlow's matmul (with
+  XLA's, the train step at (64,200,64,256) was 1.47x instead of 1.68x
+  faster than SimpleRNN).
 
-Environment, read each time a loop is built (eagerly: at every call; in a
-`tf.function`: when it is traced):
-
-- `KERAS_VRNN_BATCH_PARTS` (default 2): into how many concurrent parts the
-  XLA loops cut a batch of 32 rows or more on a CPU with 2+ cores; 1 runs
-  the batch as one loop. Never cut on an accelerator. (The native kernels
-  cut the batch themselves, one part per intra-op thread.)
-- `KERAS_VRNN_XLA=0` runs the loops without XLA compilation (the same code,
-  step by step; slower, for debugging).
-- `KERAS_VRNN_NATIVE=0` turns the native kernels off (see `keras_vrnn.native`).
+Environment, read when a loop is built (eagerly: each call; in a
+`tf.function`: when traced): `KERAS_VRNN_BATCH_PARTS` (default 2) parts for
+a batch of 32+ rows on a 2+-core CPU (1: no cut; never on an accelerator;
+the native kernels cut per intra-op thread themselves); `KERAS_VRNN_XLA=0`
+runs the loops uncompiled (debugging); `KERAS_VRNN_NATIVE=0` turns the
+native kernels off (`keras_vrnn.native`).
 """
 
 import os
@@ -41,23 +32,15 @@ from tensorflow.python.ops import control_flow_util
 
 from keras_vrnn.fused import activation_derivative, project
 
-# The native kernels cut the batch into parts of at least this many rows,
-# one per intra-op thread.
+# The native kernels' batch parts (one per intra-op thread): 16+ rows each.
 _MIN_PART_ROWS = 16
-# Default of KERAS_VRNN_BATCH_PARTS, chosen with benchmarks/benchmark.py on
-# a 2-core CPU.
-_BATCH_PARTS = 2
+_BATCH_PARTS = 2  # default KERAS_VRNN_BATCH_PARTS (benchmark.py, 2-core CPU)
 # A batch below this is not cut (decided at run time when its size is unknown
 # at trace time): each part would be too small a product for a second core
 # to pay for the extra launch.
 _MIN_SPLIT_BATCH = 32
 
-_ACTIVATIONS = {
-    "tanh": tf.tanh,
-    "sigmoid": tf.sigmoid,
-    "relu": tf.nn.relu,
-    "linear": lambda z: z,
-}
+_ACTIVATIONS = {"tanh": tf.tanh, "sigmoid": tf.sigmoid, "relu": tf.nn.relu, "linear": lambda z: z}
 
 
 def _batch_parts():
@@ -79,8 +62,7 @@ def _use_xla():
     return value not in ("0", "false", "no", "off")
 
 
-def _swap_batch_time(t):
-    """(B, T, H) <-> (T, B, H)."""
+def _swap_batch_time(t):  # (B, T, H) <-> (T, B, H)
     return tf.transpose(t, [1, 0, 2])
 
 
@@ -104,12 +86,8 @@ def _forward(projected, h0, recurrent_kernel, rec_mask, probe, act):
             h = h + probe[:, t]
         return t + 1, h, out.write(t, h)
 
-    _, _, out = tf.while_loop(
-        lambda t, *_: t < timesteps,
-        body,
-        (tf.constant(0), h0, out),
-        maximum_iterations=timesteps,
-    )
+    _, _, out = tf.while_loop(lambda t, *_: t < timesteps, body, (tf.constant(0), h0, out),
+                              maximum_iterations=timesteps)
     return _swap_batch_time(out.stack())
 
 
@@ -139,11 +117,8 @@ def _backward(upstream, hs, h0, recurrent_kernel, rec_mask, probe, act):
         return i + 1, carry, dz_out, dh_out
 
     _, dh0, dz_out, dh_out = tf.while_loop(
-        lambda i, *_: i < timesteps,
-        body,
-        (tf.constant(0), tf.zeros_like(h0), dz_out, dh_out),
-        maximum_iterations=timesteps,
-    )
+        lambda i, *_: i < timesteps, body,
+        (tf.constant(0), tf.zeros_like(h0), dz_out, dh_out), maximum_iterations=timesteps)
     dz = _swap_batch_time(dz_out.stack())
     dh = _swap_batch_time(dh_out.stack()) if want_dh else None
     # dW_hh = sum_t (h_{t-1} * m)^T dz_t: its left operand, all steps at once.
@@ -160,14 +135,9 @@ _backward_xla = tf.function(_backward, jit_compile=True)
 
 
 def _parts(batch):
-    """Into how many parts a batch of `batch` rows (None: unknown) is cut.
-
-    On a CPU with 2+ cores, `KERAS_VRNN_BATCH_PARTS` parts from
-    `_MIN_SPLIT_BATCH` rows on; for a batch size unknown at trace time (as in
-    `fit` on a dataset with a partial last batch) that is decided at run time
-    (`recurrence`). Never on an accelerator, where one loop already fills the
-    device.
-    """
+    """Into how many parts a batch of `batch` rows is cut: on a CPU with 2+
+    cores, `KERAS_VRNN_BATCH_PARTS` from `_MIN_SPLIT_BATCH` rows on (None,
+    unknown at trace time: `recurrence` decides at run time); else 1."""
     parts = _batch_parts()
     if parts < 2 or (os.cpu_count() or 1) < 2:
         return 1
@@ -194,12 +164,9 @@ def _join(tensors):
 
 
 def _native_library(dtype):
-    """The native kernels when they can run here (`keras_vrnn.native`), else None.
-
-    Not on an accelerator, not inside an XLA-compiled function (a custom op
-    has no XLA kernel; the XLA loops nest there), float32/float64 only, and
-    not with `KERAS_VRNN_NATIVE=0` (`native.library()` gives None then).
-    """
+    """The native kernels (`keras_vrnn.native`) where they run: float32/64,
+    not on an accelerator, not inside an XLA-compiled function (a custom op
+    has no XLA kernel), not with `KERAS_VRNN_NATIVE=0`; else None."""
     if dtype not in (tf.float32, tf.float64):
         return None
     if tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"):
@@ -216,11 +183,8 @@ def _native_library(dtype):
 def _native_recurrence(
     lib, x, kernel, bias, h0, recurrent_kernel, act, rec_mask, probe, weight_gradients=True
 ):
-    """`recurrence_from_inputs` by the native kernels (which cut the batch themselves).
-
-    With `weight_gradients=False` the backward op leaves the kernel, bias and
-    recurrent-kernel gradients at zero (the caller needs none of them).
-    """
+    """`recurrence_from_inputs` by the native kernels (which cut the batch
+    themselves); `weight_gradients=False` leaves the weight gradients zero."""
     empty = tf.zeros([0], x.dtype)
     optional = [t for t in (bias, rec_mask, probe) if t is not None]
 

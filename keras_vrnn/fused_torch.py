@@ -1,11 +1,9 @@
 """PyTorch implementation of the fused recurrence (see `keras_vrnn.fused`).
 
-Torch's own RNN kernel, the one `torch.nn.RNN` runs (cuDNN on an NVIDIA GPU;
-on a CPU, ATen's loop with the input projection as one GEMM), called as
-Keras' LSTM calls `torch._VF.lstm` (keras/src/backend/torch/rnn.py). It has
-no recurrent dropout mask and no probe, so those run the generic loop
-(`keras_vrnn.fused.unsupported_reason`). The Keras weights go in as they are:
-W_ih = kernel^T, W_hh = recurrent_kernel^T, b_ih = bias, b_hh = 0.
+torch's own RNN kernel, the one `torch.nn.RNN` runs (cuDNN on an NVIDIA GPU;
+on a CPU, ATen's loop after one input GEMM), called as Keras' LSTM calls
+`torch._VF.lstm`. The Keras weights go in as they are: W_ih = kernel^T,
+W_hh = recurrent_kernel^T, b_ih = bias, b_hh = 0.
 """
 
 import torch
@@ -17,18 +15,16 @@ def recurrence_from_inputs(
     x, kernel, bias, h0, recurrent_kernel, act, rec_mask=None, probe=None,
     weight_gradients=True,
 ):
-    """Same contract as `keras_vrnn.fused_tf.recurrence_from_inputs`, for
-    `act` in `KERNELS`, without `rec_mask` and `probe` (which must be None);
-    `weight_gradients` is accepted for that contract and not needed."""
+    """Same contract as `keras_vrnn.fused_tf.recurrence_from_inputs`, for `act`
+    in `KERNELS` and without `rec_mask` or `probe` (the kernel has neither)."""
     if rec_mask is not None or probe is not None:
         raise ValueError("torch's RNN kernel takes no recurrent mask or probe.")
     params = [kernel.T.contiguous(), recurrent_kernel.T.contiguous()]
     if bias is not None:
         params += [bias, torch.zeros_like(bias)]
-    # (input, hx, params, has_biases, num_layers, dropout, train,
-    # bidirectional, batch_first); `train` keeps cuDNN's workspace for the
-    # backward pass. hx is a copy: a stateful layer overwrites its state
-    # variable in place before the backward pass.
+    # (input, hx, params, has_biases, num_layers, dropout, train (cuDNN keeps
+    # its workspace for the backward), bidirectional, batch_first). hx is a
+    # copy: a stateful layer overwrites its state variable before the backward.
     outputs, _ = KERNELS[act](
         x, h0[None].clone(), params, bias is not None, 1, 0.0, torch.is_grad_enabled(),
         False, True,

@@ -1,9 +1,7 @@
-"""Weights to and from `torch.nn.RNN`, on any Keras backend.
+"""Weights to and from `torch.nn.RNN` (imported on first call), on any backend.
 
-torch.nn.RNN computes `h_t = act(x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh)`,
-VanillaRNN `h_t = act(x_t W + h_{t-1} U + b)`: kernel = W_ih^T,
-recurrent_kernel = W_hh^T, bias = b_ih + b_hh (b_hh = 0 towards torch).
-torch is imported on the first call only.
+torch's `h_t = act(x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh)` is VanillaRNN's
+`act(x_t W + h_{t-1} U + b)` with W = W_ih^T, U = W_hh^T, b = b_ih + b_hh.
 """
 
 import keras
@@ -18,26 +16,21 @@ def _check(ok, what, fix):
 
 
 def from_torch(rnn, **kwargs):
-    """A built `VanillaRNN` with the weights of a single-layer `torch.nn.RNN`.
-
-    A bidirectional `rnn` gives `keras.layers.Bidirectional(VanillaRNN)`
-    (merge_mode "concat", torch's layout). `batch_first` and `dropout` (which
-    torch applies between stacked layers only) do not change the function:
-    the layer takes batch-major `(batch, timesteps, features)`.
+    """A built `VanillaRNN` computing what a single-layer `torch.nn.RNN` does.
 
     Args:
-        rnn: `torch.nn.RNN`, one layer, tanh or relu, with or without bias.
+        rnn: `torch.nn.RNN`, one layer, tanh or relu, with or without bias,
+            bidirectional or not. `batch_first` and `dropout` (torch applies
+            it between stacked layers only) do not change the function; the
+            layer takes batch-major `(batch, timesteps, features)` input.
         **kwargs: for `VanillaRNN`; `return_sequences` defaults to True
             (torch's `output`), `dtype` to the weights' dtype.
 
     Returns:
-        The built layer.
+        The layer; `keras.layers.Bidirectional(VanillaRNN)` (merge_mode
+        "concat", as torch) for a bidirectional `rnn`.
 
-    Example:
-
-    ```python
-    layer = keras_vrnn.from_torch(torch.nn.RNN(8, 16, batch_first=True))
-    ```
+    Example: `layer = keras_vrnn.from_torch(torch.nn.RNN(8, 16))`
     """
     import torch
 
@@ -45,37 +38,30 @@ def from_torch(rnn, **kwargs):
            "Expected a torch.nn.RNN (LSTM and GRU are not vanilla RNNs).")
     _check(rnn.num_layers == 1, f"num_layers={rnn.num_layers}",
            "Expected 1; convert each layer of a stack separately.")
-    _check(rnn.nonlinearity in ("tanh", "relu"), f"nonlinearity={rnn.nonlinearity!r}",
-           "Expected 'tanh' or 'relu'.")
-
-    def weights(suffix):
-        get = lambda name: getattr(rnn, f"{name}_l0{suffix}").detach().cpu().double().numpy()  # noqa: E731
-        bias = [get("bias_ih") + get("bias_hh")] if rnn.bias else []
-        return [get("weight_ih").T, get("weight_hh").T] + bias
-
-    dtype = str(rnn.weight_ih_l0.dtype).removeprefix("torch.")
-    kwargs = {"return_sequences": True, "dtype": dtype, **kwargs}
-    layer = VanillaRNN(
-        rnn.hidden_size, activation=rnn.nonlinearity, use_bias=rnn.bias, **kwargs
-    )
+    # (torch.nn.RNN itself takes only tanh and relu, and no proj_size.)
+    kwargs = {"return_sequences": True, **kwargs}
+    kwargs.setdefault("dtype", str(rnn.weight_ih_l0.dtype).removeprefix("torch."))
+    layer = VanillaRNN(rnn.hidden_size, rnn.nonlinearity, rnn.bias, **kwargs)
     parts = [layer]
     if rnn.bidirectional:
         layer = keras.layers.Bidirectional(layer)
         parts = [layer.forward_layer, layer.backward_layer]
     layer.build((None, None, rnn.input_size))
-    for part, suffix in zip(parts, ("", "_reverse")):
-        part.set_weights(weights(suffix))
+    # In float64 from any torch dtype (set_weights casts), biases summed.
+    w = {k: v.detach().cpu().double().numpy() for k, v in rnn.named_parameters()}
+    for part, s in zip(parts, ("", "_reverse")):
+        bias = [w[f"bias_ih_l0{s}"] + w[f"bias_hh_l0{s}"]] if rnn.bias else []
+        part.set_weights([w[f"weight_ih_l0{s}"].T, w[f"weight_hh_l0{s}"].T] + bias)
     return layer
 
 
 def to_torch(layer):
-    """`torch.nn.RNN(batch_first=True)` with the weights of a built layer.
+    """`torch.nn.RNN(batch_first=True)` computing what a built layer does at
+    inference (dropout, state and output options are not carried over).
 
     Args:
-        layer: a built `VanillaRNN` (tanh or relu, not `go_backwards`), or
-            `keras.layers.Bidirectional` of two with merge_mode "concat".
-            Dropout, state and output settings are the layer's own: the
-            module computes the layer's inference function.
+        layer: a `VanillaRNN` (tanh or relu, not `go_backwards`), or
+            `keras.layers.Bidirectional` of two, merge_mode "concat".
 
     Returns:
         The module, on the CPU, in the weights' dtype.
@@ -105,11 +91,11 @@ def to_torch(layer):
         features, units, nonlinearity=activation, bias=use_bias, batch_first=True,
         bidirectional=bidirectional, dtype=getattr(torch, parts[0].cell.kernel.dtype),
     )
-    with torch.no_grad():
-        for part, suffix in zip(parts, ("", "_reverse")):
-            kernel, recurrent_kernel, *bias = part.get_weights()
-            values = [kernel.T, recurrent_kernel.T] + bias + [np.zeros_like(b) for b in bias]
-            for name, value in zip(("weight_ih", "weight_hh", "bias_ih", "bias_hh"), values):
-                param = getattr(rnn, f"{name}_l0{suffix}")
-                param.copy_(torch.from_numpy(np.ascontiguousarray(value)))
+    state = {}
+    for part, s in zip(parts, ("", "_reverse")):
+        kernel, recurrent_kernel, *bias = part.get_weights()
+        values = [kernel.T, recurrent_kernel.T] + bias + [np.zeros_like(b) for b in bias]
+        for name, value in zip(("weight_ih", "weight_hh", "bias_ih", "bias_hh"), values):
+            state[f"{name}_l0{s}"] = torch.from_numpy(np.ascontiguousarray(value))
+    rnn.load_state_dict(state)  # strict: every parameter, no other
     return rnn

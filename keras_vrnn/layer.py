@@ -35,23 +35,17 @@ class VanillaRNN(keras.layers.RNN):
 
     A drop-in replacement for `keras.layers.SimpleRNN`: same arguments, same
     weights in the same order (`kernel`, `recurrent_kernel`, `bias`) and the
-    same outputs in every mode. It adds a fused fast path (see
-    `keras_vrnn.fused`), taken automatically when the configuration allows:
-    the input projection of all time steps is one matrix product, the loop
-    carries only `h_{t-1} @ W_hh`, and a hand-written BPTT loop computes the
-    gradients. The fused path covers the TensorFlow and JAX backends with
-    activation tanh, relu, sigmoid or linear, with or without bias, dropout,
-    recurrent dropout, `go_backwards`, `initial_state`, `stateful`,
-    `return_sequences` and `return_state`. It is not used (the generic
-    `keras.layers.RNN` loop is) with a mask, `unroll=True`, another
-    activation, or on the PyTorch backend.
-
-    Environment (TensorFlow backend, read when the fused loop is built; see
-    `keras_vrnn.fused_tf`): `KERAS_VRNN_NATIVE=0` turns the native CPU
-    kernels off (the XLA loops run instead), `KERAS_VRNN_BATCH_PARTS=N`
-    (default 2, `1` for none) sets into how many concurrent parts the XLA
-    loops cut a batch of 32+ rows on a multi-core CPU, `KERAS_VRNN_XLA=0`
-    runs those loops uncompiled.
+    same outputs in every mode, plus a fused fast path (`keras_vrnn.fused`)
+    taken when the configuration allows: one matrix product projects all
+    steps' inputs, the loop carries only `h_{t-1} @ W_hh`. On TensorFlow and
+    JAX (hand-written BPTT) it covers activation tanh, relu, sigmoid or
+    linear, with or without bias, dropout, recurrent dropout, `go_backwards`,
+    `initial_state`, `stateful`, `return_sequences` and `return_state`. On
+    PyTorch it is torch's own RNN kernel (cuDNN on NVIDIA GPUs): tanh or
+    relu, the same options except recurrent dropout while training, and no
+    gradient probe. Everything else (a mask, `unroll=True`, other
+    activations) runs the generic `keras.layers.RNN` loop. Environment
+    variables (TensorFlow): see `keras_vrnn.fused_tf`.
 
     Args:
         units: Positive integer, size of the hidden state.
@@ -287,23 +281,6 @@ class VanillaRNN(keras.layers.RNN):
         last = outputs[:, -1]
         return last, outputs, [last]
 
-    # -- the cell's settings, read-only as in SimpleRNN --------------------
-    units = _cell_setting("units")
-    activation = _cell_setting("activation")
-    use_bias = _cell_setting("use_bias")
-    kernel_initializer = _cell_setting("kernel_initializer")
-    recurrent_initializer = _cell_setting("recurrent_initializer")
-    bias_initializer = _cell_setting("bias_initializer")
-    kernel_regularizer = _cell_setting("kernel_regularizer")
-    recurrent_regularizer = _cell_setting("recurrent_regularizer")
-    bias_regularizer = _cell_setting("bias_regularizer")
-    kernel_constraint = _cell_setting("kernel_constraint")
-    recurrent_constraint = _cell_setting("recurrent_constraint")
-    bias_constraint = _cell_setting("bias_constraint")
-    dropout = _cell_setting("dropout")
-    recurrent_dropout = _cell_setting("recurrent_dropout")
-    seed = _cell_setting("seed")
-
     def get_config(self):
         # The RNN base writes the layer's own settings and the cell; the
         # cell's arguments are the layer's, flattened as in SimpleRNN.
@@ -322,3 +299,13 @@ class VanillaRNN(keras.layers.RNN):
     @classmethod
     def from_config(cls, config):
         return cls(**config)
+
+
+# The cell's settings, read-only properties of the layer as in SimpleRNN.
+for _name in (
+    "units", "activation", "use_bias", "kernel_initializer", "recurrent_initializer",
+    "bias_initializer", "kernel_regularizer", "recurrent_regularizer", "bias_regularizer",
+    "kernel_constraint", "recurrent_constraint", "bias_constraint", "dropout",
+    "recurrent_dropout", "seed",
+):
+    setattr(VanillaRNN, _name, _cell_setting(_name))

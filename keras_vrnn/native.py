@@ -1,41 +1,34 @@
 """Native CPU kernels of the fused recurrence, built for this CPU's vector unit.
 
-`keras_vrnn/native/vanilla_rnn_ops.cc` holds two TensorFlow custom ops, the
-forward loop and the hand-written BPTT loop of `keras_vrnn.fused_tf`, with
-the batch cut into parts that run on TensorFlow's intra-op threads. It is
-compiled with the system C++ compiler against the installed TensorFlow
-(`tf.sysconfig`) for one of two instruction sets, chosen from the CPU's
-features (`/proc/cpuinfo`):
+`native/vanilla_rnn_ops.cc`: two TensorFlow custom ops, the forward loop and
+the hand-written BPTT loop of `keras_vrnn.fused_tf`, the batch cut into parts
+run on TensorFlow's intra-op threads. Compiled with the system C++ compiler
+against the installed TensorFlow (`tf.sysconfig`) for the instruction set the
+CPU's features (`/proc/cpuinfo`) allow:
 
-- "avx512": AVX-512 F/CD/BW/DQ/VL (Intel Skylake-SP and later, AMD Zen 4
-  and later): 16-wide float32 step kernels, Eigen on AVX-512 for float64;
-- "avx2": AVX2 and FMA (Intel Haswell and later, AMD Zen 1-3): 8-wide.
+- "avx512": AVX-512 F/CD/BW/DQ/VL (Intel Skylake-SP on, AMD Zen 4 on):
+  16-wide float32 step kernels, Eigen on AVX-512 for float64;
+- "avx2": AVX2 and FMA (Intel Haswell on, AMD Zen 1-3): 8-wide.
 
-The flags name exactly those features instead of `-march=native`, which
-would also turn on extensions this TensorFlow's bundled Eigen does not
-compile with (AVX512-FP16, on Sapphire Rapids and later). CPUs without
-AVX2/FMA and other architectures (ARM) use the fused path's XLA loops,
-which give the same results more slowly.
+The flags name exactly those features, not `-march=native`, which would also
+turn on extensions TensorFlow's bundled Eigen does not compile with
+(AVX512-FP16). Other CPUs (no AVX2/FMA, ARM) use the XLA loops: same results,
+slower.
 
-The build is cached, one file per (source, TensorFlow version, compiler,
-flags, CPU), so that a cache shared between machines never loads code
-built for another CPU:
+The build is cached per (source, TensorFlow version, compiler, flags, CPU),
+so a shared cache never loads code built for another CPU, in
+$KERAS_VRNN_CACHE, else $XDG_CACHE_HOME/keras_vrnn, else ~/.cache/keras_vrnn.
+It runs once, ahead of time in `make run` / `make test` (or on first use);
+concurrent processes wait for one build (file lock). A failed build is
+recorded and not retried for the same key: later processes warn once and use
+the XLA loops, until the key changes or `python -m keras_vrnn.native
+--rebuild` runs.
 
-    $KERAS_VRNN_CACHE, else $XDG_CACHE_HOME/keras_vrnn, else ~/.cache/keras_vrnn
-
-It happens once, ahead of time in `make run` / `make test` (or on first
-use); concurrent processes wait for one build (file lock). A failed build is
-recorded next to where the library would be and not retried for the same
-key: every later process warns once, in one line, and uses the XLA loops,
-until the source, TensorFlow, compiler, flags or CPU change, or
-`python -m keras_vrnn.native --rebuild` is run.
-
-Environment: `KERAS_VRNN_NATIVE=0` turns the native kernels off (no build,
-no warning); `KERAS_VRNN_ISA=avx2` builds the AVX2 kernels on an AVX-512
-CPU; `KERAS_VRNN_CXX` (else `CXX`, else `c++`) names the compiler.
-
+Environment: `KERAS_VRNN_NATIVE=0` turns the kernels off (no build, no
+warning); `KERAS_VRNN_ISA=avx2` builds the AVX2 kernels on an AVX-512 CPU;
+`KERAS_VRNN_CXX` (else `CXX`, else `c++`) names the compiler.
 `python -m keras_vrnn.native [--rebuild]` builds now and says which kernels
-each dtype runs on this CPU.
+each dtype runs.
 """
 
 import argparse
@@ -75,12 +68,8 @@ _failure = None  # why the kernels are unavailable, once known
 
 def enabled():
     """False when `KERAS_VRNN_NATIVE` is set to 0/false/no/off."""
-    return os.environ.get("KERAS_VRNN_NATIVE", "1").strip().lower() not in (
-        "0",
-        "false",
-        "no",
-        "off",
-    )
+    value = os.environ.get("KERAS_VRNN_NATIVE", "1").strip().lower()
+    return value not in ("0", "false", "no", "off")
 
 
 def cache_dir():
@@ -184,15 +173,8 @@ def build_flags(isa):
 def _build_command(output, isa):
     import tensorflow as tf
 
-    return [
-        _compiler(),
-        *build_flags(isa),
-        *tf.sysconfig.get_compile_flags(),
-        str(SOURCE),
-        "-o",
-        str(output),
-        *tf.sysconfig.get_link_flags(),
-    ]
+    return [_compiler(), *build_flags(isa), *tf.sysconfig.get_compile_flags(),
+            str(SOURCE), "-o", str(output), *tf.sysconfig.get_link_flags()]
 
 
 def library_path(isa=None):
@@ -345,14 +327,10 @@ def main(argv=None):
     XLA loops serve it), 1 when a build for this CPU failed.
     """
     parser = argparse.ArgumentParser(
-        prog="python -m keras_vrnn.native",
-        description="Builds the native CPU kernels of keras_vrnn for this CPU "
-        "and says which kernels each dtype runs.",
-    )
-    parser.add_argument(
-        "--rebuild", action="store_true",
-        help="compile again, even after a recorded failure",
-    )
+        prog="python -m keras_vrnn.native", description="Builds the native CPU "
+        "kernels of keras_vrnn for this CPU and says which kernels each dtype runs.")
+    parser.add_argument("--rebuild", action="store_true",
+                        help="compile again, even after a recorded failure")
     args = parser.parse_args(argv)
     isa = choose_isa(cpu_features())
     print(f"CPU: {cpu_model()} ({isa or 'no native kernels'})")
