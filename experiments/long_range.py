@@ -5,14 +5,14 @@ travel (`experiments.tasks`): the adding problem (Le et al., 2015; metric
 test MSE, baseline 1/6) and copy memory (Arjovsky et al., 2016; test
 cross-entropy in nats per step, baseline `tasks.copy_memory_baseline(T)`).
 
-Five models, 64 units and a Dense head: `rnn_tanh` (VanillaRNN, tanh,
-orthogonal W_hh, Adam); `irnn` (relu, W_hh = identity, input weights
-N(0, 0.001^2) and a small learning rate, as in Le et al.); `rnn_tanh_clip`
-(rnn_tanh with global-norm clipping, Pascanu et al., 2013: it tames
-exploding gradients but cannot bring back vanished ones);
-`rnn_tanh_clip_omega` (rnn_tanh_clip trained on loss + omega_strength x
-Omega, `keras_vrnn.VanishingGradientRegularizer`: the paper's combination
-against both); `lstm` (`keras.layers.LSTM`, the gated reference).
+Five models (the defaults run the first four), 64 units and a Dense head:
+`rnn_tanh` (VanillaRNN, tanh, orthogonal W_hh, Adam); `irnn` (relu, W_hh =
+identity, input weights N(0, 0.001^2) and a small learning rate, as in Le et
+al.); `rnn_tanh_clip` (rnn_tanh with global-norm clipping, Pascanu et al.,
+2013: it tames exploding gradients but cannot bring back vanished ones);
+`lstm` (`keras.layers.LSTM`, the gated reference); `rnn_tanh_clip_omega`
+(rnn_tanh_clip trained on loss + omega_strength x Omega,
+`keras_vrnn.VanishingGradientRegularizer`: the paper's answer to both).
 
     python -m experiments.long_range                     # defaults, 24 configs
     python -m experiments.long_range --budget long       # adding T=100, 5 models
@@ -22,9 +22,9 @@ against both); `lstm` (`keras.layers.LSTM`, the gated reference).
 
 The defaults cost about 8 minutes of CPU time; the LSTM about as much as the
 three vanilla RNNs together. `--budget long` (the flags of `BUDGETS["long"]`;
-flags given after it win) trains the adding problem at T = 100 long enough
-for the LSTM to solve it (docs/results.md has a run and its time). Each (task, T, model) is one configuration of a
-sweep (`experiments.sweep`: resumable, dask workers, HParams). It trains
+flags after it win) trains the adding problem at T = 100 long enough for the
+LSTM to solve it (docs/results.md: a run, its time). Each (task, T, model) is
+one configuration of a sweep (`experiments.sweep`: resumable, dask workers, HParams). It trains
 `train_steps` Adam steps on fresh sequences, keeps the weights of the best
 validation loss (checked every `steps_per_epoch` steps) and reports the test
 metric against the baseline (`solved`: below `solved_fraction` x baseline).
@@ -37,8 +37,8 @@ When T exceeds the horizon the early steps get no gradient and the model
 stays at the baseline. The LSTM has no VanillaRNN layer to probe.
 
 Outputs (`runs/long_range/<run_name>/`): results.json, results.md (metric vs
-T per model), plots/metric_vs_T.png, plots/final_gradient_norms.png (a panel per model),
-plots/gradient_norms_by_model.png (a panel per task and T), and per
+T per model), plots/metric_vs_T.png, plots/final_gradient_norms.png (a panel
+per model), plots/gradient_norms_by_model.png (a panel per task and T), and per
 configuration configs/<id>/ (result.json, logs/, plots/, HParams).
 """
 

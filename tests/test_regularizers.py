@@ -17,6 +17,9 @@ import keras
 import keras_vrnn
 from keras_vrnn import regularizers
 
+# The wrapper's train_step uses tf.GradientTape (other backends: test_bad_models).
+pytestmark = pytest.mark.tensorflow_only
+
 _DACT = {"tanh": lambda z: 1.0 - np.tanh(z) ** 2,
          "sigmoid": lambda z: np.exp(-z) / (1.0 + np.exp(-z)) ** 2,
          "softplus": lambda z: 1.0 / (1.0 + np.exp(-z))}
