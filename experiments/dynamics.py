@@ -9,7 +9,7 @@ Adam steps, the sweep measures `factor`, `horizon`, `lyapunov` (lambda_1, nats
 per step), both theories and the float64 `jacobian_factor` of ||dh_T/dh_t||
 (finite where float32 overflows: "diverged" at step 0).
 
-    python -m experiments.dynamics                # defaults: 64 configs
+    python -m experiments.dynamics                # defaults: 64 configs, ~2 min of CPU
     python -m experiments.dynamics --workers 2    # on a local dask cluster
     python -m experiments.dynamics --gains 0.9,1.1 --activations tanh --lengths 100
     python -m experiments.dynamics --help         # every setting
