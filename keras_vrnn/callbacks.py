@@ -65,26 +65,18 @@ _CALL_SUFFIX = re.compile(r"/call_\d+$")
 
 
 def tag_prefix(key):
-    """TensorBoard tag prefix of a layer key: `/` becomes `.`.
-
-    `"vanilla_rnn"` stays `"vanilla_rnn"`, `"bidirectional/forward"` becomes
-    `"bidirectional.forward"` (Keras layer names never contain `/`, so
-    `.`-joined keys cannot collide with a plain name made by Keras). Any
-    other character TensorBoard would rewrite becomes `_`.
-    """
+    """TensorBoard tag prefix of a layer key: `"bi/forward"` becomes
+    `"bi.forward"` (Keras names never contain `/`, so no collision with a
+    plain name); any other character TensorBoard would rewrite becomes `_`."""
     return re.sub(r"[^A-Za-z0-9_.\-]", "_", key.replace("/", "."))
 
 
 def _check_log_dir(log_dir):
-    if isinstance(log_dir, bytes) or not isinstance(log_dir, (str, os.PathLike)):
-        raise ValueError(
-            "`log_dir` must be a path (str or os.PathLike). "
-            f"Received: log_dir={log_dir!r} of type {type(log_dir).__name__}."
-        )
-    path = os.fspath(log_dir)
+    path = os.fspath(log_dir) if isinstance(log_dir, (str, os.PathLike)) else None
     if not isinstance(path, str) or not path.strip():
         raise ValueError(
-            f"`log_dir` must be a non-empty path. Received: log_dir={log_dir!r}."
+            "`log_dir` must be a non-empty path (str or os.PathLike). "
+            f"Received: log_dir={log_dir!r} of type {type(log_dir).__name__}."
         )
     if os.path.exists(path) and not os.path.isdir(path):
         raise ValueError(
@@ -125,114 +117,83 @@ def _check_layers(layers):
 
 
 def _base_key(key, layers):
-    """The key in `layers` of a logged key (`"<key>/call_<i>"` for a layer's
-    later calls)."""
+    """The key in `layers` of a logged key (`"<key>/call_<i>"` or `"<key>"`)."""
     return key if key in layers else _CALL_SUFFIX.sub("", key)
 
 
 def _optimizer_step(model):
-    """`model.optimizer.iterations` as an int (also for a distributed
-    variable, which `int()` does not take)."""
+    """`model.optimizer.iterations` as an int (also a distributed one)."""
     return int(keras.ops.convert_to_numpy(model.optimizer.iterations))
 
 
 class GradientNormCallback(keras.callbacks.Callback):
     """Logs per-timestep BPTT gradient norms to TensorBoard during `fit`.
 
-    Every `every_n_batches` training batches (and once at the start of
-    training, step 0) the callback measures, on one fixed batch `data`, the
-    exact gradient norm `||dL/dh_t||_2` of the model's loss with respect to
-    the hidden state of every vanilla RNN layer at every timestep t, and
-    that of the last step's loss `l_T` (see
-    `keras_vrnn.timestep_gradient_norms`: one forward and one backward pass
-    each), plus the Lyapunov exponents of each layer,
-    and writes it where `keras.callbacks.TensorBoard(log_dir)` writes its
-    training logs, `log_dir/train`, so both appear in one dashboard. The step
-    is the global number of training batches done (that of Keras'
-    `TensorBoard` with `update_freq="batch"`; it keeps counting across
-    several `fit` calls with the same callback).
+    Every `every_n_batches` training batches, and at the start of training,
+    it measures on one fixed batch `data` the exact norms `||dL/dh_t||_2` of
+    every vanilla RNN layer and timestep, and `||dl_T/dh_t||` of the last
+    step's loss (`keras_vrnn.timestep_gradient_norms`, both views), and the
+    Lyapunov exponents of each layer. It writes them to `log_dir/train`,
+    where `keras.callbacks.TensorBoard(log_dir)` writes its training logs
+    (one dashboard), with TensorBoard's own event writer: no TensorFlow
+    needed, any Keras backend. The step is the global number of training
+    batches done (as Keras' `TensorBoard` with `update_freq="batch"`), and
+    keeps counting across `fit` calls.
 
-    For each layer key (e.g. `"vanilla_rnn"`, or `"bi/forward"` and
-    `"bi/backward"` for a `Bidirectional`) with tag prefix `p` (the key with
-    `/` replaced by `.`, see `tag_prefix`), it logs:
+    For each layer key (e.g. `"rnn"`, or `"bi/forward"` and `"bi/backward"`)
+    with tag prefix `p` (see `tag_prefix`):
 
-    - scalars `p/grad_norm_first`, `_middle`, `_last`: the batch-mean norm
-      at timesteps 0, T // 2, T - 1; `p/grad_norm_first_last_ratio`;
-    - `p/grad_norm_decay_factor` and `p/grad_norm_horizon`: fit_decay_factor
-      (< 1 vanishing, > 1 exploding) and effective_horizon (threshold 1e-3)
-      of the mean norms; `p/last_step_grad_norm_decay_factor` and
-      `p/last_step_grad_norm_horizon`: the same for the last-step view
-      `||dl_T/dh_t||` (`timestep_gradient_norms(..., last_step_only=True)`);
-    - `p/lyapunov_max`: the largest Lyapunov exponent (nats per step) on the
-      first 4 samples of `data` (of a layer's first call);
-    - `p/spectral_radius` of `W_hh`; `p/nonfinite`: 1 when a norm (either
-      view) is inf or NaN;
-    - histograms `p/log10_grad_norm` (every finite, non-zero (sample,
-      timestep) norm) and `p/lyapunov_spectrum` (the `min(units, 32)`
-      leading exponents; the ordered values are in the NPZ file);
+    - scalars `p/grad_norm_first`, `_middle`, `_last` (batch-mean norm at
+      steps 0, T // 2, T - 1), `p/grad_norm_first_last_ratio`,
+      `p/grad_norm_decay_factor` and `p/grad_norm_horizon` (fit_decay_factor
+      and effective_horizon, threshold 1e-3, of the mean norms), the same
+      two with prefix `last_step_` for `||dl_T/dh_t||`, `p/lyapunov_max`
+      (nats per step, first 4 samples of `data`, the layer's first call),
+      `p/spectral_radius` of `W_hh` and `p/nonfinite` (1 if a norm is inf
+      or NaN);
+    - histograms `p/log10_grad_norm` (every finite, non-zero norm) and
+      `p/lyapunov_spectrum` (the `min(units, 32)` leading exponents);
     - image `p/last_step_grad_norm_heatmap`: log10 of the mean last-step
-      norm, one row per log (the 64 most recent), one column per timestep.
+      norm, one row per log (the 64 most recent), one column per timestep;
 
-    A custom-scalars layout (TensorBoard's "Custom Scalars" tab) groups each
-    layer's charts into one category.
+    and a custom-scalars layout with one category per layer.
 
-    The same numbers are kept in `log_dir/gradient_norms.npz`, an
-    uncompressed NPZ file (`np.load` reads it) that every log extends in
-    place: it writes the new rows, the arrays' headers and the zip
-    directory, so a log costs the same at any step, and a killed run keeps
-    its data:
+    The same numbers go to `log_dir/gradient_norms.npz`, an uncompressed NPZ
+    file each log extends in place (constant cost per log; a killed run
+    keeps its data): `"steps"` (int64), `"keys"`, per key
+    `"<key>/mean_norms"` and `"<key>/last_step_mean_norms"` `(n_logs, T)`,
+    `"<key>/lyapunov"` `(n_logs, k)` and the `(n_logs,)` float64 arrays
+    `spectral_radius`, `max_singular_value`, `factor`, `horizon`,
+    `last_step_factor`, `last_step_horizon`, `first_last_ratio`,
+    `nonfinite`, plus the settings `"direct"` and `"horizon_threshold"`; and
+    to `log_dir/gradient_norms.csv` (`step,layer,timestep,mean_norm`, total
+    view). `keras_vrnn.plots` draws from the NPZ file. Non-finite gradients
+    never stop training: logged as they are, flagged, and reported with a
+    warning on the `"keras_vrnn"` logger.
 
-    - `"steps"`: int64 `(n_logs,)`; `"keys"`: the layer keys (str array);
-    - per key: `"<key>/mean_norms"` and `"<key>/last_step_mean_norms"`
-      `(n_logs, T)`, `"<key>/lyapunov"` `(n_logs, k)` (descending), and
-      `(n_logs,)` arrays `"<key>/spectral_radius"`,
-      `"<key>/max_singular_value"`, `"<key>/factor"`, `"<key>/horizon"`,
-      `"<key>/last_step_factor"`, `"<key>/last_step_horizon"`,
-      `"<key>/first_last_ratio"`, `"<key>/nonfinite"` (float64, NaN kept);
-    - `"direct"` and `"horizon_threshold"` (0-d), the settings used;
-
-    and in `log_dir/gradient_norms.csv`, long format with header
-    `step,layer,timestep,mean_norm` (total-gradient view, appended at every
-    log). See `keras_vrnn.plots` for pictures made from the NPZ file.
-
-    Non-finite gradients never stop training: they are logged as they are
-    (NaN or inf), flagged with `nonfinite = 1` and reported with a warning on
-    the `"keras_vrnn"` Python logger.
-
-    Distribution: under a `tf.distribute` strategy the numbers are those
-    without one (see `timestep_gradient_norms`). With several workers every
-    worker measures; give each its own `log_dir`.
-
-    Resuming: with `resume=True`, a run restarted after an interruption (e.g.
-    by `keras.callbacks.BackupAndRestore`, which restores the weights and the
-    optimizer's step) continues the logs in `log_dir`: the NPZ file's logs up
-    to the restored `model.optimizer.iterations` are kept (later ones are
-    measured again), the NPZ and CSV files rewritten to match, and counting
-    goes on from that step, so the files end as an uninterrupted run's.
-    TensorBoard event files are appended. Without an NPZ file in `log_dir`,
-    `resume=True` starts normally.
-
-    Note: TensorBoard polls only the newest event file of a run by default;
-    to see this callback's and Keras' `TensorBoard` logs update live in the
-    same run, start it with `tensorboard --logdir ... --reload_multifile=true`
-    (a fresh start reads everything either way).
+    Distribution (TensorFlow): the numbers are those without a strategy;
+    with several workers give each its own `log_dir`. Resuming: with
+    `resume=True` a restarted run (e.g. by `keras.callbacks.BackupAndRestore`)
+    keeps the NPZ logs up to the restored `model.optimizer.iterations`,
+    rewrites the NPZ and CSV files to match and counts on from there, so the
+    files end as an uninterrupted run's (event files are appended). To see
+    both callbacks' logs update live, start `tensorboard --logdir ...
+    --reload_multifile=true`.
 
     Args:
-        log_dir: Directory of the logs, the same as Keras' `TensorBoard`
-            callback's.
-        data: A fixed batch `(x, y)` or `(x, y, sample_weight)`, as passed
-            to `model.fit`. Keep it small (e.g. 32 to 256 samples): each log
-            runs two forward and backward passes on it.
+        log_dir: Directory of the logs, the same as Keras' `TensorBoard`'s.
+        data: A fixed batch `(x, y)` or `(x, y, sample_weight)`. Keep it
+            small (32 to 256 samples): each log runs two forward and
+            backward passes on it.
         every_n_batches: Positive int, log every that many training batches.
             Default 50.
         layers: Optional list of layer names or keys to log (a
-            `Bidirectional` name selects both directions). Default: all
-            vanilla RNN layers of the model.
+            `Bidirectional` name selects both directions). Default: all.
         direct: If `True`, log the direct part of the gradient only (see
             `timestep_gradient_norms`). Default `False`.
         resume: If `True`, continue the logs an interrupted run left in
-            `log_dir` (see "Resuming" above). Default `False`: the files are
-            started afresh.
+            `log_dir` (see above; without an NPZ file it starts normally).
+            Default `False`: the files are started afresh.
 
     Example:
 
@@ -487,8 +448,7 @@ class GradientNormCallback(keras.callbacks.Callback):
 
     # -- outputs ---------------------------------------------------------------
     def _write_event(self, step, summary):
-        """Writes one TensorBoard event (TensorBoard's own writer, no
-        TensorFlow needed), opening the event file on the first."""
+        """Writes one event (TensorBoard's own writer: no TensorFlow needed)."""
         from tensorboard.compat.proto import event_pb2
         from tensorboard.compat.proto import summary_pb2
         from tensorboard.plugins.custom_scalar import metadata
@@ -532,8 +492,7 @@ class GradientNormCallback(keras.callbacks.Callback):
         ])
 
     def _write_summaries(self, step, current):
-        """Scalars, histograms and the heatmap image of one log, as the
-        `tf.summary` ops write them (tensors with plugin metadata)."""
+        """One log's summaries, as `tf.summary` writes them (tensors)."""
         from tensorboard.compat.proto import summary_pb2
         from tensorboard.plugins.histogram.summary_v2 import histogram_pb
         from tensorboard.plugins.image import metadata as image_metadata
@@ -569,8 +528,7 @@ class GradientNormCallback(keras.callbacks.Callback):
         self._writer.flush()
 
     def _write_csv(self, logs, fresh=False):
-        """Appends `logs`, `(step, {key: mean norms})` pairs, to the CSV
-        file, or writes the file afresh (atomically) with them."""
+        """Appends `(step, {key: mean norms})` logs, or writes them afresh."""
         path = self._csv_path + ".tmp" if fresh else self._csv_path
         start = fresh or not self._csv_started
         with open(path, "w" if start else "a", newline="") as f:
@@ -616,15 +574,12 @@ def _shift(n):
 
 
 class _GrowingNpz:
-    """An uncompressed NPZ file (a zip of `.npy` entries, as `np.savez`
-    writes; `np.load` reads it) whose arrays named in `growing` get rows
-    appended in place.
-
-    A growing array has a fixed-size `.npy` header and room for `capacity`
-    rows. `append` writes the new rows into the room, then the headers, then
-    the zip directory (sizes, and CRC-32s combined from the rows' running
-    CRC, see `_shift`), so its cost does not depend on the number of rows. A
-    full room makes the file be rewritten with twice the room.
+    """An uncompressed NPZ file (as `np.savez` writes) whose arrays named in
+    `growing` get rows appended in place: each has a fixed-size `.npy`
+    header and room for `capacity` rows; `append` writes the rows, then the
+    headers, then the zip directory (CRC-32s combined from the rows' running
+    CRC, see `_shift`), at a cost independent of the number of rows. A full
+    room makes the file be rewritten with twice the room.
     """
 
     HEADER = 128  # bytes of a growing array's .npy header

@@ -64,13 +64,12 @@ def _children(layer):
 def rnn_layers(model):
     """Lists the vanilla RNN layers of a model, in call-graph order.
 
-    Walks `model` (a Keras model or layer) and every nested model or layer.
-    Found: `keras_vrnn.VanillaRNN`, `keras.layers.RNN` wrapping one
-    `VanillaRNNCell`, and `keras.layers.Bidirectional` wrapping either (two
-    entries, `"<name>/forward"` and `"<name>/backward"`). An RNN over a list
-    of cells (`StackedRNNCells`) cannot be probed: skipped, with a logged
-    warning. Returns `(key, layer)` pairs; keys are layer names, made unique
-    with the path of enclosing layers when two layers share a name.
+    Walks `model` and every nested model or layer for `VanillaRNN`,
+    `keras.layers.RNN(VanillaRNNCell)` and `Bidirectional` over either (two
+    entries, `"<name>/forward"` and `"<name>/backward"`); an RNN over
+    `StackedRNNCells` cannot be probed and is skipped with a warning.
+    Returns `(key, layer)` pairs; keys are layer names, made unique with the
+    path of enclosing layers when two layers share a name.
     """
     found = []  # (path tuple, suffix or None, layer)
     seen = set()
@@ -229,13 +228,9 @@ def _attached(entries, make_source, **options):
 
 
 def _row_norms(g):
-    """||g||_2 over the last axis of a NumPy array, as float64.
-
-    Float32 / float16 gradients are squared in float64, which can neither
-    overflow nor underflow for any value of those dtypes, so a vanishing
-    gradient of 1e-30 keeps its exact norm. Float64 gradients are rescaled
-    by their row maximum first.
-    """
+    """||g||_2 over the last axis, float64. Float32 squares in float64 can
+    neither overflow nor underflow (1e-30 keeps its norm); float64 rows are
+    rescaled by their maximum first."""
     if g.dtype != np.float64:
         return np.sqrt(np.sum(np.square(g.astype(np.float64)), axis=-1))
     with np.errstate(all="ignore"):
@@ -260,20 +255,12 @@ def _state_variables(model):
 
 
 def _unscale_for_distribution(loss):
-    """Undoes Keras' per-replica loss scaling outside replica context.
-
-    Keras scales every loss by `1 / num_replicas_in_sync` of the current
-    strategy; a measurement here runs once on the whole batch, so inside
-    `strategy.scope()` that would divide every norm by the replica count.
-    Multiplying back (as Keras' train step does for its loss tracker) makes
-    the result independent of the strategy.
-    """
+    """Undoes Keras' `1 / num_replicas_in_sync` loss scaling of the current
+    `tf.distribute` strategy: a measurement runs once on the whole batch."""
     import tensorflow as tf
 
     replicas = tf.distribute.get_strategy().num_replicas_in_sync
-    if replicas > 1:
-        loss = loss * tf.cast(replicas, loss.dtype)
-    return loss
+    return loss * tf.cast(replicas, loss.dtype) if replicas > 1 else loss
 
 
 def _is_step_axis(a, timesteps, rank):
@@ -296,11 +283,10 @@ def _last_step(y, y_pred, sample_weight, timesteps):
 
 
 def _probed_loss(model, group, state, data, direct, last_step_only, make):
-    """`(loss, {name: probe})` of one forward pass with a zero probe on every
-    call of each layer of `group`; `make(name, zeros)` gives the probe
-    (`name` is the key, `"<key>/call_<i>"` for later calls). A
-    `StatelessScope` (with `state`, the values of `_state_variables`, if
-    given) keeps metric and stateful-RNN updates off the model."""
+    """`(loss, {name: probe})` of one forward pass with the probe
+    `make(name, zeros)` on every call of each layer of `group` (`name`: the
+    key, `"<key>/call_<i>"` for later calls), in a `StatelessScope` (with
+    the values `state` of `_state_variables`, if given)."""
     x, y, sample_weight = data
     records = {key: {} for key, _ in group}
 
@@ -362,10 +348,8 @@ def _make_norms_function(model, entries, direct, last_step_only):
     """`fn(x, y, sample_weight) -> {name: gradient}`, compiled by the backend
     (`tf.function`, `jax.jit`; eager on torch) as `fn.compiled`."""
     model_ref = weakref.ref(model)
-    # Total gradients: one pass probes every layer at once (zero probes do
-    # not interact). Direct-only: one pass per layer, so that only that
-    # layer's own recurrence is cut ("not through h_{t+1} of the same
-    # layer"), as `probe.attached_probe(direct_only=True)` defines.
+    # Total: one pass probes every layer (zero probes do not interact).
+    # Direct: one pass per layer, so only that layer's recurrence is cut.
     groups = [[e] for e in entries] if direct and len(entries) > 1 else [entries]
     names = []
 
@@ -436,44 +420,34 @@ def timestep_gradient_norms(
 
     `L` is the compiled loss as Keras computes it (`model.compute_loss(...,
     training=False)`, reduction and regularization included), `h_t` a
-    layer's hidden state at step t, and the gradient the *total* one (every
-    path, full BPTT). Zero probes on every hidden state (`keras_vrnn.probe`)
-    are differentiated by the backend's autodiff: one forward and one
-    backward pass, in a `tf.function` or `jax.jit` function (eager on torch)
-    cached per model (retraced for a new input signature or a new compile),
-    on the fused fast path when the layer takes it.
+    layer's hidden state at step t, the gradient the *total* one (full
+    BPTT). Zero probes on the hidden states (`keras_vrnn.probe`) are
+    differentiated by the backend's autodiff, one forward and one backward
+    pass in a `tf.function` or `jax.jit` function (eager on torch) cached per
+    model and compiled loss, on the fused path when the layer takes it.
 
-    With `last_step_only=True` the loss is `l_T`, the last step's alone:
-    `||dl_T/dh_t||` is the credit the final prediction gives each earlier
-    state. For an output with a time axis (rank >= 3, axis 1 of the probed
-    sequences' length T) `l_T` is the compiled loss of `y_pred[:, -1:]`
-    against `y[:, -1:]` (targets and sample weights with that axis cut
-    likewise); for a last-step output it is `L` itself. Same cost.
+    With `last_step_only=True` the loss is `l_T`, the last step's alone
+    (the credit the final prediction gives each earlier state): for an
+    output with a time axis (rank >= 3, axis 1 of length T) the compiled
+    loss of `y_pred[:, -1:]` against `y[:, -1:]` (targets and sample
+    weights with that axis cut likewise); for a last-step output, `L`.
 
     Layers are those of `rnn_layers`, indexed by input time; masked steps
-    report 0; a layer called more than once gets one entry per call
-    (`"<name>"`, `"<name>/call_1"`, ...). The model is left unchanged (metric
-    and stateful-RNN updates are not applied).
-
-    Distribution (TensorFlow): under a `tf.distribute` strategy, call this
-    outside replica context (as Keras callbacks are): it runs once on the
-    whole batch and gives the norms without a strategy (Keras' per-replica
-    loss scaling is undone, whether or not `strategy.scope()` is entered).
+    report 0; a layer called more than once gets `"<name>"`,
+    `"<name>/call_1"`, ... The model is left unchanged (metric and
+    stateful-RNN updates are not applied). Under a `tf.distribute` strategy,
+    call it outside replica context (as Keras callbacks are): the norms are
+    those without a strategy (Keras' per-replica loss scaling is undone).
 
     Args:
-        model: A compiled `keras.Model` containing at least one vanilla RNN
-            layer.
-        x: Input batch (array, or a structure of arrays for multi-input
-            models).
+        model: A compiled `keras.Model` with at least one vanilla RNN layer.
+        x: Input batch (array, or a structure of arrays).
         y: Target batch, as passed to `model.fit`.
         sample_weight: Optional sample weights, as passed to `model.fit`.
-        direct: If `True`, return the direct part `d+L/dh_t` only (the
-            gradient through paths that do not pass through `h_{t+1}` of the
-            same layer; other layers keep their full recurrence) instead of
-            the total gradient. This takes one forward and backward pass per
-            layer.
-        last_step_only: If `True`, differentiate the last step's loss `l_T`
-            (see above) instead of `L`. Default `False`.
+        direct: If `True`, the direct part `d+L/dh_t` only (paths that do not
+            pass through `h_{t+1}` of the same layer; other layers keep
+            their recurrence), one forward and backward pass per layer.
+        last_step_only: If `True`, differentiate `l_T` instead of `L`.
 
     Returns:
         A dict mapping each layer key to a float64 NumPy array
@@ -486,9 +460,6 @@ def timestep_gradient_norms(
     Example:
 
     ```python
-    model = keras.Sequential([keras.Input((100, 8)), keras_vrnn.VanillaRNN(
-        32, return_sequences=True), keras.layers.Dense(1)])
-    model.compile("adam", "mse")
     norms = keras_vrnn.timestep_gradient_norms(model, x[:64], y[:64])
     norms["vanilla_rnn"].shape  # (64, 100)
     credit = keras_vrnn.timestep_gradient_norms(model, x, y, last_step_only=True)
@@ -562,7 +533,7 @@ def recurrent_kernel_stats(layer):
 
 def _capturing(entries, captured):
     """Records the first call's (sequences, h0, mask) of each layer of
-    `entries` in `captured[key]`, as NumPy arrays; attaches no probe."""
+    `entries` in `captured[key]` (NumPy); attaches no probe."""
 
     def make_source(key, layer):
         def source(sequences, initial_state, mask):
@@ -681,25 +652,22 @@ def _jacobian_norms(layer, sequences, h0, mask):
 def state_jacobian_norms(model_or_layer, x, max_samples=8):
     """Norms `||dh_T/dh_t||_2` of the state Jacobian products on real data.
 
-    Each layer's trajectory is recomputed in float64 from its inputs on the
-    first `max_samples` samples of `x`, and the spectral norm of `dh_T/dh_t
-    = J_T ... J_{t+1}`, `J_s = diag(act'(z_s)) W_hh^T`, reported for every t
-    (1 at t = T): the part of `dL/dh_t` the recurrence controls. Masked steps
-    are identity steps. For `go_backwards` layers `T` is the last processed
-    step (input time 0); results are indexed by input time.
+    Each layer's trajectory is recomputed in float64 on the first
+    `max_samples` samples of `x`, and the spectral norm of `dh_T/dh_t =
+    J_T ... J_{t+1}`, `J_s = diag(act'(z_s)) W_hh^T`, reported for every t
+    (1 at t = T): the part of `dL/dh_t` the recurrence controls. Masked
+    steps are identity steps; for `go_backwards` layers `T` is input time 0.
+    Cost: `samples * T` products and SVDs of `(units, units)` matrices.
 
     Args:
-        model_or_layer: A Keras model (all its `rnn_layers` are reported), or
-            one vanilla RNN layer or `Bidirectional`, `x` then its input.
+        model_or_layer: A Keras model (all its `rnn_layers`), or one vanilla
+            RNN layer or `Bidirectional`, `x` then its input.
         x: Input batch for `model_or_layer`.
         max_samples: Positive int, the number of samples of `x` used.
 
     Returns:
         A dict mapping each layer key to a float64 NumPy array
-        `(samples, timesteps)`.
-
-    Cost: `samples * T` products and singular-value decompositions of
-    `(units, units)` matrices, in NumPy.
+        `(samples, timesteps)`, indexed by input time.
     """
     max_samples = check_positive_int("max_samples", max_samples)
     check_batch(x, None)
@@ -754,27 +722,23 @@ def _lyapunov(layer, sequences, h0, mask, num_exponents=None, warmup_steps=0):
 def lyapunov_exponents(model, x, layer=None, num_exponents=None, warmup_steps=0):
     """Lyapunov exponents of a vanilla RNN layer's hidden dynamics on `x`.
 
-    The trajectory `h_t = act(x_t W + h_{t-1} U + b)` on `x` is recomputed
-    in float64 and its Jacobians `J_t = diag(act'(z_t)) U^T` fed to the QR
+    The trajectory `h_t = act(x_t W + h_{t-1} U + b)` is recomputed in
+    float64 and its Jacobians `J_t = diag(act'(z_t)) U^T` fed to the QR
     method, `Q_t R_t = J_t Q_{t-1}`: exponent `i` is the mean of
-    `log |R_t[i, i]|`, nats per step. `Q_0` is the identity for the full
-    spectrum, else a fixed (seeded) random orthonormal basis. Positive:
-    trajectories separate (chaos, exploding gradients); negative: they
-    converge (vanishing); `lambda_1` is the log-growth rate of
-    `||dh_T/dh_t||`. Masked steps are skipped. Each sample's exponents are
-    sorted descending, then averaged over the batch.
+    `log |R_t[i, i]|`, nats per step (`Q_0`: the identity for the full
+    spectrum, else a seeded random orthonormal basis). Positive: chaos,
+    exploding gradients; negative: vanishing; `lambda_1` is the log-growth
+    rate of `||dh_T/dh_t||`. Masked steps are skipped; each sample's
+    exponents are sorted descending, then averaged over the batch.
 
     Args:
         model: A Keras model (or layer) that contains vanilla RNN layers.
         x: Input batch for `model`. Every sample is used: keep it small.
-        layer: The layer, or its key from `keras_vrnn.diagnostics.rnn_layers`
-            (e.g. `"bi/forward"`); `None` (default) for the model's only
-            vanilla RNN layer.
-        num_exponents: Positive int, the number of leading exponents, at most
-            the layer's units. Default: all (`units`).
-        warmup_steps: Non-negative int, the number of first steps whose
-            contributions are discarded (the transient from `h_0`); less than
-            the number of timesteps. Default 0.
+        layer: The layer, or its key from `rnn_layers` (e.g.
+            `"bi/forward"`); `None` for the model's only vanilla RNN layer.
+        num_exponents: Positive int, at most the layer's units. Default: all.
+        warmup_steps: Int in `[0, timesteps)`, the number of first steps
+            discarded (the transient from `h_0`). Default 0.
 
     Returns:
         A float64 NumPy array `(num_exponents,)`, descending.
@@ -842,16 +806,12 @@ def _as_profile(norms, name):
 def fit_decay_factor(norms):
     """Per-step growth/decay factor of gradient norms, by least squares.
 
-    Fits `log ||dL/dh_t|| = a + k log(factor)` with `k = T - 1 - t` the number
-    of steps back from the last step. `factor < 1`: the gradient vanishes by
-    that factor per step back; `> 1`: it explodes. Zero (masked) and
-    non-finite norms are ignored. For a linear RNN with
-    `W_hh = rho * orthogonal` and the loss on the last output, the factor is
-    exactly `rho`.
-
-    `norms`: `(timesteps,)` (e.g. the batch mean), or `(batch, timesteps)`,
-    all samples fitted together (a geometric-mean fit). Returns the factor,
-    a Python float; NaN when fewer than two distinct steps have a usable norm.
+    Fits `log ||dL/dh_t|| = a + k log(factor)`, `k = T - 1 - t` the steps
+    back from the last: `factor < 1` vanishing, `> 1` exploding (exactly
+    `rho` for a linear RNN with `W_hh = rho * orthogonal` and the loss on
+    the last output). Zero (masked) and non-finite norms are ignored.
+    `norms`: `(timesteps,)` or `(batch, timesteps)` (all samples fitted
+    together). Returns a Python float; NaN with fewer than two usable steps.
     """
     a = _as_profile(norms, "fit_decay_factor")
     timesteps = a.shape[-1]
@@ -872,14 +832,10 @@ def fit_decay_factor(norms):
 
 def effective_horizon(norms, threshold=1e-3):
     """Steps back until the gradient norm falls below `threshold` times its
-    last-step value.
-
-    `norms`: `(timesteps,)`, or `(batch, timesteps)` (the batch mean is
-    used). The reference `r` is the last step with a finite, non-zero norm
-    (masked trailing steps report 0); zero and non-finite norms are skipped.
-    Returns the smallest `k >= 1` with `norms[r - k] < threshold * norms[r]`
-    as a Python int; `T` when the norm never falls that low; NaN when no
-    step has a finite, non-zero norm.
+    last-step value: the smallest `k >= 1` with `norms[r - k] < threshold *
+    norms[r]` (an int), `r` the last step with a finite, non-zero norm
+    (others are skipped); `T` if it never falls that low, NaN if no norm is
+    usable. `norms`: `(timesteps,)` or `(batch, timesteps)` (batch mean).
     """
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not threshold > 0:
         raise ValueError(

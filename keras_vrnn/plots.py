@@ -1,17 +1,13 @@
-"""Pictures of vanishing and exploding gradients (matplotlib, Agg).
-
-Both plots read the `gradient_norms.npz` file that
-`keras_vrnn.GradientNormCallback` writes (see its docstring for the layout):
+"""Pictures of vanishing and exploding gradients (matplotlib, Agg), from
+the `gradient_norms.npz` file of `keras_vrnn.GradientNormCallback`:
 
 - `plot_gradient_heatmap`: log10 of the mean `||dL/dh_t||`, x = timestep,
-  y = training step. Vanishing gradients are a dark left side (early steps
-  get little gradient), exploding ones a bright one.
-- `plot_norms_vs_steps_back`: one curve per logged training step, semilog-y,
-  against the number of steps back from the last step; a straight line of
-  slope `log(factor)` is geometric decay (or growth).
+  y = training step (vanishing: a dark left side; exploding: a bright one);
+- `plot_norms_vs_steps_back`: one semilog-y curve per logged step against
+  the steps back from the last; a straight line is geometric decay.
 
-Figures are drawn with the Agg canvas directly (no pyplot, no global state),
-so the functions are safe in scripts, threads and headless machines.
+Figures use the Agg canvas directly (no pyplot, no global state): safe in
+scripts, threads and headless machines.
 """
 
 import io

@@ -1,21 +1,17 @@
 """Gradient probes: a zero tensor added to every hidden state h_t.
 
-Adding a probe `p` of zeros to the hidden states changes nothing in the
-forward pass, but the gradient of the loss with respect to `p_t` is exactly
-the total gradient dL/dh_t (direct path to the loss plus the path through
-h_{t+1}, ...): full BPTT from one forward and one backward pass. With
-`direct_only=True` the carried state is wrapped in `stop_gradient`, so the
-probe's gradient is only the direct part (the path that does not go through
-h_{t+1} of the same layer).
+A probe `p` of zeros changes nothing in the forward pass, but the gradient
+of the loss with respect to `p_t` is exactly the total dL/dh_t (direct path
+plus the path through h_{t+1}, ...): full BPTT from one forward and one
+backward pass. With `direct_only=True` the carried state is wrapped in
+`stop_gradient`, so the gradient is only the direct part.
 
-One mechanism serves every probed layer: `attach` records, for one layer and
-for the duration of a `with` block, a source that gives the probe of each
-call of the layer's loop (`attached_probe`: one fixed tensor); the loop asks
-`lookup` for it. `keras_vrnn.VanillaRNN` does so in its `inner_loop` (the
-fused path adds the probe in its own loops); a `keras.layers.RNN` wrapping a
-`VanillaRNNCell`, whose loop knows nothing of probes, gets `inner_loop` of
-this module on the instance for the duration. `keras_vrnn.diagnostics`
-attaches probes this way. Nothing here imports the layer.
+`attach` records, for one layer and a `with` block, a source of the probe
+of each call of the layer's loop, which asks `lookup` for it:
+`keras_vrnn.VanillaRNN` in its `inner_loop` (the fused path adds the probe
+in its own loops); a `keras.layers.RNN` over a `VanillaRNNCell` gets this
+module's `inner_loop` on the instance for the duration. Nothing here
+imports the layer.
 """
 
 import collections
@@ -35,16 +31,11 @@ def attach(layer, source, direct_only=False, weight_gradients=True):
     """Attaches a probe source to an RNN layer for the duration.
 
     `source(sequences, initial_state, mask)` is called by each call of the
-    layer's loop with its arguments and returns the probe `(batch, timesteps,
-    units)` for that call, or None to run the loop unprobed. With
-    `weight_gradients=False` the caller promises to differentiate with
-    respect to the probe (or the inputs) only: the native kernels then skip
-    the weight gradients, and the layer's weights get zero gradients from
-    these calls.
-
-    For a layer without `reads_probes` (a plain `keras.layers.RNN`),
-    `inner_loop` is set on the instance for the duration, with
-    `object.__setattr__` so that Keras' attribute tracking does not see it.
+    layer's loop and returns its probe `(batch, timesteps, units)`, or None
+    (unprobed). `weight_gradients=False` promises that only the probe (or
+    the inputs) is differentiated: the native kernels then skip the weight
+    gradients. A layer without `reads_probes` gets `inner_loop` set on the
+    instance, with `object.__setattr__` so Keras' tracking does not see it.
     """
     key = id(layer)
     previous = _ATTACHED.get(key)
