@@ -78,19 +78,17 @@ def recurrence_from_inputs(
     x, kernel, bias, h0, recurrent_kernel, act, rec_mask=None, probe=None,
     weight_gradients=True,
 ):
-    """Same contract as `keras_vrnn.fused_tf.recurrence_from_inputs`.
-
-    `weight_gradients` is accepted for that contract and not needed: under
-    `jit`, XLA drops the weight gradients nobody uses.
-    """
+    """Same contract as `keras_vrnn.fused_tf.recurrence_from_inputs`; under
+    `jit` XLA drops unused weight gradients (`weight_gradients` not needed)."""
     return recurrence(project(x, kernel, bias), h0, recurrent_kernel, act, rec_mask, probe)
 
 
+@functools.partial(jax.jit, static_argnums=(3,))  # eagerly: compiled once per shape
 def recurrence(projected, h0, recurrent_kernel, act, rec_mask=None, probe=None):
     """Same contract as `keras_vrnn.fused_tf.recurrence` (batch-major).
 
     `lax.scan` runs over the leading axis, so the loop is time-major inside;
-    under `jit` the two transposes are fused into the surrounding code.
+    XLA fuses the two transposes into the surrounding code.
     """
     if probe is not None:
         probe = jnp.swapaxes(probe, 0, 1)
