@@ -21,6 +21,8 @@ import types
 import numpy as np
 import pytest
 
+# tf.distribute strategies: TensorFlow only, whatever KERAS_BACKEND says.
+pytestmark = pytest.mark.tensorflow_only
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOL = 1e-5
 
