@@ -65,11 +65,9 @@ class VanishingGradientRegularizer(keras.Model):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         rnn, calls = self._rnn, []
 
-        def source(sequences, initial_state, mask):  # the first call's probe
+        def source(sequences, initial_state, mask):  # Omega is of the first call
             if mask is not None:
                 raise ValueError(f"Layer '{rnn.name}' received a mask. Expected none.")
-            if calls:
-                return None
             p = ops.zeros((*ops.shape(sequences)[:2], rnn.cell.units), sequences.dtype)
             tape.watch(p)
             calls.append((sequences, tf.nest.flatten(initial_state)[0], p))
@@ -101,10 +99,8 @@ class VanishingGradientRegularizer(keras.Model):
                 "strength": self.strength, "layer": self.layer}
 
     @classmethod
-    def from_config(cls, config, custom_objects=None):
-        config = dict(config)
-        model = keras.saving.deserialize_keras_object(config.pop("model"), custom_objects)
-        return cls(model, **config)
+    def from_config(cls, config):
+        return cls(**{**config, "model": keras.saving.deserialize_keras_object(config["model"])})
 
 
 def omega_value(rnn, sequences, h0, d):
