@@ -13,8 +13,7 @@ from keras import ops
 
 def _check_positive(name, value):
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"Received: {name}={value!r}. Expected a positive number "
-                         f"(e.g. {name}=1.0).")
+        raise ValueError(f"Received: {name}={value!r}. Expected a positive number, e.g. 1.0.")
     return float(value)
 
 
@@ -37,9 +36,8 @@ class _SeededInitializer(keras.initializers.Initializer):
     def __init__(self, seed=None):
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise ValueError(f"Received: seed={seed!r}. Expected an integer or None.")
-        self.seed = seed
+        self.seed, self._calls = seed, 0
         self._base_seed = python_random.randint(1, int(1e9)) if seed is None else seed
-        self._calls = 0
 
     def _rng(self):
         # Distinct, reproducible draws for the weights one instance serves (as Keras does).
