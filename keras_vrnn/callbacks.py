@@ -74,14 +74,10 @@ def tag_prefix(key):
 def _check_log_dir(log_dir):
     path = os.fspath(log_dir) if isinstance(log_dir, (str, os.PathLike)) else None
     if not isinstance(path, str) or not path.strip():
-        raise ValueError(
-            "`log_dir` must be a non-empty path (str or os.PathLike). "
-            f"Received: log_dir={log_dir!r} of type {type(log_dir).__name__}."
-        )
+        raise ValueError("`log_dir` must be a non-empty path (str or os.PathLike). "
+                         f"Received: log_dir={log_dir!r} of type {type(log_dir).__name__}.")
     if os.path.exists(path) and not os.path.isdir(path):
-        raise ValueError(
-            f"`log_dir` exists and is not a directory. Received: log_dir={path!r}."
-        )
+        raise ValueError(f"`log_dir` exists and is not a directory. Received: log_dir={path!r}.")
     return path
 
 
@@ -89,10 +85,8 @@ def _check_data(data):
     if not isinstance(data, (tuple, list)) or len(data) not in (2, 3):
         kind = type(data).__name__
         length = f" of length {len(data)}" if isinstance(data, (tuple, list)) else ""
-        raise ValueError(
-            "`data` must be a tuple (x, y) or (x, y, sample_weight) holding one "
-            f"fixed batch. Received: data of type {kind}{length}."
-        )
+        raise ValueError("`data` must be a tuple (x, y) or (x, y, sample_weight) holding "
+                         f"one fixed batch. Received: data of type {kind}{length}.")
     x, y = data[0], data[1]
     sample_weight = data[2] if len(data) == 3 else None
     diagnostics.check_batch(x, y, sample_weight)
@@ -109,10 +103,8 @@ def _check_layers(layers):
         or not layers
         or not all(isinstance(name, str) and name for name in layers)
     ):
-        raise ValueError(
-            "`layers` must be None (all vanilla RNN layers) or a non-empty list "
-            f"of layer names or keys. Received: layers={layers!r}."
-        )
+        raise ValueError("`layers` must be None (all vanilla RNN layers) or a non-empty "
+                         f"list of layer names or keys. Received: layers={layers!r}.")
     return list(layers)
 
 

@@ -148,10 +148,8 @@ def _batch_size(name, structure):
             )
         sizes.add(shape[0])
     if len(sizes) > 1:
-        raise ValueError(
-            f"All arrays in `{name}` must have the same batch size. "
-            f"Received: {name} with batch sizes {sorted(sizes)}."
-        )
+        raise ValueError(f"All arrays in `{name}` must have the same batch size. "
+                         f"Received: {name} with batch sizes {sorted(sizes)}.")
     return sizes.pop() if sizes else None
 
 
@@ -163,10 +161,8 @@ def check_batch(x, y, sample_weight=None):
              "sample_weight": _batch_size("sample_weight", sample_weight)}
     if len({s for s in sizes.values() if s is not None}) > 1:
         details = ", ".join(f"{k} batch size {v}" for k, v in sizes.items() if v is not None)
-        raise ValueError(
-            f"x, y and sample_weight must have the same number of samples. "
-            f"Received: {details}."
-        )
+        raise ValueError("x, y and sample_weight must have the same number of "
+                         f"samples. Received: {details}.")
     if sizes["x"] == 0:
         raise ValueError("`x` must hold at least one sample. Received: batch size 0.")
     return sizes["x"]
@@ -174,16 +170,12 @@ def check_batch(x, y, sample_weight=None):
 
 def _check_model(model, what):
     if not isinstance(model, keras.Model):
-        raise ValueError(
-            f"{what} needs a compiled keras.Model. Received: model of type "
-            f"{type(model).__name__}."
-        )
+        raise ValueError(f"{what} needs a compiled keras.Model. Received: model of "
+                         f"type {type(model).__name__}.")
     if not getattr(model, "compiled", False):
-        raise ValueError(
-            f"{what} differentiates the model's compiled loss, but the model "
-            f"is not compiled. Received: model '{model.name}' (not compiled). "
-            "Call model.compile(loss=...) first."
-        )
+        raise ValueError(f"{what} differentiates the model's compiled loss, but the "
+                         f"model is not compiled. Received: model '{model.name}' (not "
+                         "compiled). Call model.compile(loss=...) first.")
 
 
 def _entries(model, what, required=True):
@@ -221,9 +213,7 @@ def _attached(entries, make_source, **options):
     of `entries` ((key, layer) pairs) for the duration."""
     with contextlib.ExitStack() as stack:
         for key, layer in entries:
-            stack.enter_context(
-                probe_lib.attach(layer, make_source(key, layer), **options)
-            )
+            stack.enter_context(probe_lib.attach(layer, make_source(key, layer), **options))
         yield
 
 
@@ -242,11 +232,8 @@ def _row_norms(g):
 
 
 def _compute_loss(model, x, y, y_pred, sample_weight):
-    if getattr(model, "_compute_loss_has_training_arg", True):
-        return model.compute_loss(
-            x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=False
-        )
-    return model.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight)
+    kwargs = {"training": False} if getattr(model, "_compute_loss_has_training_arg", True) else {}
+    return model.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, **kwargs)
 
 
 def _state_variables(model):
