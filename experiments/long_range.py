@@ -307,7 +307,7 @@ def plot_metrics(rows, config, png):
     def draw(ax, _, panel):
         task, lengths = panel
         ax.plot(lengths, [baseline(task, T, settings) for T in lengths], "k--", lw=1.2,
-                label="baseline (no memory)")
+                marker="_", ms=16, label="baseline (no memory)")  # visible for one T too
         for i, m in enumerate(config.model_list()):
             sel = [r for r in groups.get((task, m), []) if r.get("metric") is not None]
             if sel:

@@ -188,7 +188,10 @@ def library_path(isa=None):
         key.update(source.read_bytes())
     key.update(tf.__version__.encode())
     key.update(_compiler_identity(_compiler()).encode())
-    key.update(" ".join(_build_command("out", isa)).encode())
+    # The command without its paths: another checkout or venv of the same
+    # source and TensorFlow builds the same library.
+    command = " ".join(_build_command("out", isa)).replace(str(SOURCE), SOURCE.name)
+    key.update(command.replace(tf.sysconfig.get_lib(), "<tensorflow>").encode())
     key.update(_cpu_signature().encode())
     return cache_dir() / f"vanilla_rnn_ops-{isa}-{key.hexdigest()[:16]}.so"
 

@@ -8,6 +8,7 @@ implementations in test_fused.py (its `impl` fixture).
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import warnings
@@ -449,6 +450,30 @@ def test_cache_file_is_per_cpu_and_source(fresh_native, monkeypatch):
     header.write_text("// another version\n")
     sources = [s for s in native.SOURCES if s.name != header.name] + [header]
     monkeypatch.setattr(native, "SOURCES", sources)
+    assert native.library_path() != first
+
+
+def test_cache_key_ignores_where_the_checkout_and_tensorflow_live(
+        fresh_native, monkeypatch, tmp_path_factory):
+    # A second clone (its own source path) with its own venv (its own
+    # TensorFlow path) of the same source and TensorFlow reuses the library.
+    first = native.library_path()
+    clone = tmp_path_factory.mktemp("clone")
+    for source in native.SOURCES:
+        shutil.copy(source, clone / source.name)
+    monkeypatch.setattr(native, "SOURCE", clone / native.SOURCE.name)
+    monkeypatch.setattr(native, "SOURCES", sorted(clone.iterdir()))
+    lib, elsewhere = tf.sysconfig.get_lib(), "/elsewhere/venv/site-packages/tensorflow"
+    for name in ("get_compile_flags", "get_link_flags"):
+        flags = getattr(tf.sysconfig, name)()
+        monkeypatch.setattr(tf.sysconfig, name,
+                            lambda flags=flags: [f.replace(lib, elsewhere) for f in flags])
+    monkeypatch.setattr(tf.sysconfig, "get_lib", lambda: elsewhere)
+    assert native._build_command("out", "avx2") != []
+    assert str(clone) in " ".join(native._build_command("out", "avx2"))
+    assert native.library_path() == first
+    # ... but not a changed compile flag.
+    monkeypatch.setattr(tf.sysconfig, "get_compile_flags", lambda: ["-DOTHER=1"])
     assert native.library_path() != first
 
 
