@@ -453,10 +453,8 @@ def main(argv=None):
         sizes = [tuple(int(v) for v in s.split(",")) for s in args.sizes.split(";")]
     import keras
 
-    backend = keras.backend.backend()
     start = time.perf_counter()
-    # The gradient-norm diagnostics run on TensorFlow only.
-    with_gradient_norms = not args.no_gradient_norms and backend == "tensorflow"
+    with_gradient_norms = not args.no_gradient_norms
     results = run(args.rounds, args.warmup, sizes, with_gradient_norms)
     print(
         f"# {native.cpu_model()}, {os.cpu_count()} cores, "
