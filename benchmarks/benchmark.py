@@ -42,8 +42,8 @@ Backends: TensorFlow (the default; the native kernels on a CPU), JAX
 (`KERAS_BACKEND=jax`: the `lax.scan` fused path, on whatever device JAX
 uses, a GPU included) and PyTorch (`KERAS_BACKEND=torch`: torch's own RNN
 kernel, keras_vrnn.fused_torch, and SimpleRNN on the same backend, on the
-CPU or Keras' CUDA device). The gradient-norm row runs on TensorFlow only.
-torch.nn.RNN runs on the CPU under all three.
+CPU or Keras' CUDA device). torch.nn.RNN runs on torch's CUDA device where
+there is one (cuDNN), else on the CPU, under all three.
 
 After the rounds, on a CPU: the float32 FMA peak of the same number of
 threads (`fma_peak.cc`: register-only FMA chains at the native kernels'
@@ -121,6 +121,10 @@ class TorchModel:
         with torch.no_grad():
             for param, value in mapping:
                 param.copy_(torch.from_numpy(np.ascontiguousarray(value, dtype="float32")))
+        # cuDNN where torch has a GPU; inputs and outputs cross to and from
+        # the host as NumPy arrays, as they do for the Keras models.
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.rnn, self.head = self.rnn.to(self.device), self.head.to(self.device)
         params = [*self.rnn.parameters(), *self.head.parameters()]
         self.optimizer = torch.optim.SGD(params, lr=1e-3)
         self.loss = torch.nn.MSELoss()
@@ -133,7 +137,7 @@ class TorchModel:
         """One SGD step on NumPy arrays; returns the loss before the step."""
         import torch
 
-        x, y = torch.from_numpy(x), torch.from_numpy(y)
+        x, y = torch.from_numpy(x).to(self.device), torch.from_numpy(y).to(self.device)
         self.optimizer.zero_grad()
         loss = self.loss(self(x), y)
         loss.backward()
@@ -144,7 +148,7 @@ class TorchModel:
         import torch
 
         with torch.inference_mode():
-            return self(torch.from_numpy(x)).numpy()
+            return self(torch.from_numpy(x).to(self.device)).cpu().numpy()
 
 
 def import_torch():
@@ -523,6 +527,8 @@ def _torch_description():
     torch = import_torch()
     if torch is None:
         return "torch not installed"
+    if torch.cuda.is_available():
+        return f"torch {torch.__version__} ({torch.cuda.get_device_name()}, cuDNN)"
     return f"torch {torch.__version__} (CPU, {torch.get_num_threads()} threads)"
 
 
