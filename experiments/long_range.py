@@ -49,7 +49,6 @@ import os
 import time
 from typing import ClassVar
 
-import numpy as np
 
 from experiments import common
 from experiments import sweep

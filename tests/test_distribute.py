@@ -45,7 +45,6 @@ def _max_rel(a, b):
 
 
 def test_batch_sizes_under_a_strategy():
-    from experiments import common
     from experiments import training
     from experiments.data import DataError
 
@@ -110,7 +109,6 @@ def _mirrored_library_child(out, root):
     import keras
 
     import keras_vrnn
-    from experiments import common
     from experiments import training
 
     mirrored = training.make_strategy("mirrored")
@@ -175,7 +173,6 @@ def _mirrored_library_child(out, root):
 def _mirrored_experiment_child(out, root):
     """The timeseries experiment with --strategy mirrored and default."""
     _two_logical_cpus()
-    from experiments import common
     from experiments import training
     from experiments import timeseries
 
