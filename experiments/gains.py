@@ -93,14 +93,22 @@ class Config(sweep.SweepConfig, text.Config):
         return text.Config(**{**values, "recurrent_gain": gain})
 
 
+def _layer_logs(npz_file):
+    """The logs of the model's one VanillaRNN layer (`keras_vrnn.plots`'s
+    reader), float64, with the logged `steps`."""
+    from keras_vrnn import plots
+
+    logs = plots.load_gradient_norms(npz_file)
+    layer = {k: np.asarray(v, np.float64) for k, v in logs["layers"][logs["keys"][0]].items()}
+    return {**layer, "steps": logs["steps"]}
+
+
 def gradient_summary(logs_dir):
     """Start and end of training from GradientNormCallback's NPZ file: the
     last-step factor and horizon, lambda_1 and the spectral radius."""
-    with np.load(os.path.join(logs_dir, "gradient_norms.npz")) as npz:
-        key = str(npz["keys"][0])
-        get = lambda name: np.asarray(npz[f"{key}/{name}"], np.float64)  # noqa: E731
-        factor, horizon = get("last_step_factor"), get("last_step_horizon")
-        lyapunov, radius = get("lyapunov")[:, 0], get("spectral_radius")
+    layer = _layer_logs(os.path.join(logs_dir, "gradient_norms.npz"))
+    factor, horizon = layer["last_step_factor"], layer["last_step_horizon"]
+    lyapunov, radius = layer["lyapunov"][:, 0], layer["spectral_radius"]
     return {"factor_start": factor[0], "factor_end": factor[-1],
             "horizon_start": horizon[0], "horizon_end": horizon[-1],
             "lyapunov_start": lyapunov[0], "lyapunov_end": lyapunov[-1],
@@ -198,14 +206,12 @@ def _exp(value):
 
 
 def _last_step_norms(npz_file, row):
-    with np.load(npz_file) as npz:
-        return np.asarray(npz[f"{npz['keys'][0]}/last_step_mean_norms"][row], np.float64)
+    return _layer_logs(npz_file)["last_step_mean_norms"][row]
 
 
 def _factors(npz_file):
-    with np.load(npz_file) as npz:
-        key = npz["keys"][0]
-        return np.asarray(npz["steps"]), np.asarray(npz[f"{key}/last_step_factor"], np.float64)
+    layer = _layer_logs(npz_file)
+    return layer["steps"], layer["last_step_factor"]
 
 
 def plot_credit(rows, workdir, png):
