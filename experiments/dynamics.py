@@ -14,7 +14,7 @@ per step), both theories and the float64 `jacobian_factor` of ||dh_T/dh_t||
     python -m experiments.dynamics --gains 0.9,1.1 --activations tanh --lengths 100
     python -m experiments.dynamics --help         # every setting
 
-Outputs in runs/dynamics/<run_name>/ (resumable, see `experiments.sweep`):
+Outputs in runs/dynamics/<run_name>/ (resumable, see `experiments.common`):
 results.json, results.md, plots/ (norms_vs_steps_back_T<T>.png,
 factor_vs_gain.png), configs/<id>/ (result.json, norms.npz, logs/, HParams).
 """
@@ -30,9 +30,7 @@ from typing import ClassVar
 import numpy as np
 
 from experiments import common
-from experiments import sweep
-from experiments.common import option
-from experiments.sweep import finite, fmt
+from experiments.common import finite, fmt, option
 
 LAYER = "rnn"
 HORIZON_THRESHOLD = 1e-3
@@ -45,7 +43,7 @@ METRIC_NAMES = (*(f"{p}_{k}" for p in ("init", "trained") for k in (
 
 
 @dataclasses.dataclass
-class Config(sweep.SweepConfig):
+class Config(common.SweepConfig):
     """Gradient dynamics of vanilla RNNs: recurrent gain x activation x length."""
 
     experiment: ClassVar[str] = "dynamics"
@@ -85,13 +83,13 @@ class Config(sweep.SweepConfig):
         common.check_number("clipnorm", self.clipnorm, low_ok=True, note="0 turns clipping off")
 
     def gain_list(self):
-        return sweep.split_list("gains", self.gains, float)
+        return common.split_list("gains", self.gains, float)
 
     def activation_list(self):
-        return sweep.split_list("activations", self.activations, str, choices=common.ACTIVATIONS)
+        return common.split_list("activations", self.activations, str, choices=common.ACTIVATIONS)
 
     def length_list(self):
-        return sweep.split_list("lengths", self.lengths, int, minimum=2)
+        return common.split_list("lengths", self.lengths, int, minimum=2)
 
 
 def make_task(n, T, seed, input_scale=1.0, target_steps=1):
@@ -190,6 +188,8 @@ def initialize(model, gain, seed, learning_rate):
 def run_config(params, config_dir, settings):
     """Metrics of one (gain, activation, T); "diverged": the step and phase of inf/NaN."""
     s, (gain, activation, T) = settings, (params["gain"], params["activation"], params["T"])
+    from experiments import training
+
     logging.getLogger("tensorflow").setLevel(logging.ERROR)  # retracing notes
     task = functools.partial(make_task, T=T, input_scale=s["input_scale"],
                              target_steps=s["target_steps"])
@@ -205,7 +205,7 @@ def run_config(params, config_dir, settings):
 
     status, step, phase = ("ok", None, None) if measured("init") else ("diverged", 0, "init")
     if status == "ok" and s["train_steps"] > 0:
-        history, monitor = sweep.fit_steps(
+        history, monitor = training.fit_steps(
             model, config_dir, s, lambda n: task(n, seed=s["seed"] + 2), eval_data, eval_data)
         result["train_steps_done"] = monitor.steps_done
         if monitor.diverged is not None:
@@ -222,7 +222,7 @@ def run_config(params, config_dir, settings):
 
 def configurations(config):
     """`[(config_id, params)]` in table order: T, activation, gain."""
-    return [(sweep.make_config_id(p, ["activation", "gain", "T"],
+    return [(common.make_config_id(p, ["activation", "gain", "T"],
                                   {"activation": "", "gain": "g", "T": "T"}), p)
             for T in config.length_list() for activation in config.activation_list()
             for p in ({"activation": activation, "gain": g, "T": T} for g in config.gain_list())]
@@ -244,7 +244,7 @@ def summarize(rows):
     """Per (T, activation) and phase: max factor, gains where factor and exp(lambda_1)
     cross 1, medians of log(factor) - lambda_1 and of the theories' relative errors."""
     out = []
-    for (T, activation), sel in sweep.group_rows(rows, ("T", "activation"), "gain").items():
+    for (T, activation), sel in common.group_rows(rows, ("T", "activation"), "gain").items():
         entry, gains = {"T": T, "activation": activation}, [r["gain"] for r in sel]
 
         def col(key):
@@ -257,8 +257,8 @@ def summarize(rows):
                 lyapunov, ratios = col(f"{ph}_lyapunov"), [
                     col(f"{ph}_factor") / col(f"{ph}_{t}") for t in ("theory", "theory_rms")]
                 entry.update(zip((f"{ph}_{k}" for k in STATS), (
-                    _stat(np.max, factors), sweep.log_crossing(gains, list(factors)),
-                    sweep.log_crossing(gains, list(np.exp(lyapunov))),
+                    _stat(np.max, factors), common.log_crossing(gains, list(factors)),
+                    common.log_crossing(gains, list(np.exp(lyapunov))),
                     _stat(np.median, col(f"{ph}_log_factor") - lyapunov),
                     *(_stat(np.median, np.abs(ratio - 1)) for ratio in ratios))))
         entry["diverged"] = [{"gain": r["gain"], "step": r.get("diverged_step"), "phase": r.get(
@@ -280,16 +280,16 @@ def _cell(row, phase, activation):
     elif phase == "init" and _overflowed(row):
         text = "overflow@0" + (f" (jac {fmt(jac)})" if finite(jac) else "")
     else:
-        text = sweep.status_text(row) if row["status"] == "diverged" else "–"
+        text = common.status_text(row) if row["status"] == "diverged" else "–"
     return text + (f" ‖ {fmt(log_factor)} / {fmt(lyap)}" if finite(lyap) else "")
 
 
 def markdown(results, config):
     """results.md: a factor table per length and phase, the summary, all rows."""
     rows, activations = results["rows"], config.activation_list()
-    by_key, columns = sweep.index_rows(rows, GRID), [f"{p}_{k}" for p, _ in PHASES for k in STATS]
+    by_key, columns = common.index_rows(rows, GRID), [f"{p}_{k}" for p, _ in PHASES for k in STATS]
     lines = [
-        f"{sweep.counts_line(results)} Units {config.units}, {config.train_steps} Adam steps (lr "
+        f"{common.counts_line(results)} Units {config.units}, {config.train_steps} Adam steps (lr "
         f"{config.learning_rate:g}, batch {config.batch_size}), loss (MSE) at the last step "
         f"only, gradients measured on {config.eval_samples} sequences.", "",
         "Cells: measured per-step factor of ||dL/dh_t|| (fit_decay_factor; < 1 vanishing, > 1 "
@@ -299,31 +299,31 @@ def markdown(results, config):
         "at step k."]
     for T in config.length_list():
         for phase, title in PHASES:
-            lines += sweep.md_section(f"T = {T}, {title}", *sweep.md_table(
+            lines += common.md_section(f"T = {T}, {title}", *common.md_table(
                 ["gain", *activations],
                 [[f"{g:g}", *(_cell(by_key.get((T, a, g)), phase, a) for a in activations)]
                  for g in config.gain_list()], "r" + "l" * len(activations)))
-    lines += sweep.md_section(
+    lines += common.md_section(
         "Summary per activation and length", "Max factor and crossing gain at init include "
         "the float64 Jacobian factor of configurations that overflowed float32.", "",
-        *sweep.md_table(["T", "activation", *columns, "diverged"], [
+        *common.md_table(["T", "activation", *columns, "diverged"], [
             [e["T"], e["activation"], *(fmt(e[k]) for k in columns), ", ".join(
                 f"g={d['gain']:g}@{d['step']}" for d in e["diverged"]) or "none"]
             for e in results["summary"]], "rl" + "r" * len(columns) + "l"))
-    lines += sweep.configs_section(rows, ["init_jacobian_factor", *(
+    lines += common.configs_section(rows, ["init_jacobian_factor", *(
         f"{ph}_{k}" for ph, _ in PHASES for k in ("factor", "log_factor", "lyapunov", "theory",
                                                   "spectral_radius", "mean_abs_dact", "horizon")),
         ("eval loss (var y)", lambda r: f"{fmt(r.get('final_eval_loss'))} "
                                         f"({fmt(r.get('target_variance'))})"),
         ("s", lambda r: fmt(r.get("wall_s"), 2))])
-    return sweep.md_report("Gradient dynamics of vanilla RNNs", lines)
+    return common.md_report("Gradient dynamics of vanilla RNNs", lines)
 
 
 def plot_norms(rows, workdir, config, T, png):
     """Mean ||dL/dh_t|| vs steps back: a panel per phase and activation, a curve per gain."""
     from matplotlib import colormaps
 
-    gains, by_key = config.gain_list(), sweep.index_rows(rows, GRID)
+    gains, by_key = config.gain_list(), common.index_rows(rows, GRID)
     colors = dict(zip(gains, colormaps["viridis"](np.linspace(0, 0.9, len(gains)))))
 
     def draw(ax, phase_title, activation):
@@ -331,14 +331,14 @@ def plot_norms(rows, workdir, config, T, png):
         for row in filter(None, (by_key.get((T, activation, g)) for g in gains)):
             gain, factor, status = row["gain"], row.get(f"{phase}_factor"), row["status"]
             # A curve where the norms are finite, else a label that says why not.
-            why = "crashed" if status == "crashed" else sweep.status_text(row)
+            why = "crashed" if status == "crashed" else common.status_text(row)
             label = f", ×{factor:.3g}/step" if finite(factor) else f" ({why})" * (status != "ok")
-            profile = sweep.config_profile(workdir, row["config_id"], "norms.npz",
+            profile = common.config_profile(workdir, row["config_id"], "norms.npz",
                                            f"{phase}_mean_norms") if finite(factor) else None
             curves.append((profile, f"g={gain:g}{label}", dict(color=colors[gain], lw=1.3)))
-        sweep.steps_back_panel(ax, f"{activation}, T={T}, {title}", curves)
+        common.steps_back_panel(ax, f"{activation}, T={T}, {title}", curves)
 
-    return sweep.plot_panels(png, PHASES, config.activation_list(), draw, (4.0, 3.6))
+    return common.plot_panels(png, PHASES, config.activation_list(), draw, (4.0, 3.6))
 
 
 FACTOR_STYLES = {  # metric: legend label, line style (lyapunov: drawn as exp(lambda_1))
@@ -355,7 +355,7 @@ FACTOR_STYLES = {  # metric: legend label, line style (lyapunov: drawn as exp(la
 
 def plot_factors(rows, config, png):
     """Per-step factor vs gain (log-log): measured, exp(lambda_1), theory, 1."""
-    gains, groups = config.gain_list(), sweep.group_rows(rows, ("T", "activation"), "gain")
+    gains, groups = config.gain_list(), common.group_rows(rows, ("T", "activation"), "gain")
 
     def draw(ax, T, activation):
         sel = groups.get((T, activation), [])
@@ -368,10 +368,10 @@ def plot_factors(rows, config, png):
             ax.plot(*(zip(*pts) if pts else ([], [])), label=label, **style)  # every label
         for r in (r for r in sel if r["status"] == "diverged" and not _overflowed(r)):
             ax.axvline(r["gain"], color="C3", lw=0.8, alpha=0.3)
-        sweep.log_log_axes(ax, gains, title=f"{activation}, T={T}", ylabel="per-step factor",
+        common.log_log_axes(ax, gains, title=f"{activation}, T={T}", ylabel="per-step factor",
                            xlabel="recurrent gain g (= spectral radius at init)")
 
-    return sweep.plot_panels(png, config.length_list(), config.activation_list(), draw,
+    return common.plot_panels(png, config.length_list(), config.activation_list(), draw,
                              (4.0, 3.6), legend_ncols=5)
 
 
@@ -380,17 +380,17 @@ def train_and_evaluate(config, workdir):
     start = time.perf_counter()
     records = config.sweep(workdir, configurations(config), functools.partial(
         run_config, settings=config.fixed_settings()), METRIC_NAMES)
-    rows, plots = sweep.rows_of(records), common.plots_dir(workdir)
+    rows, plots = common.rows_of(records), common.plots_dir(workdir)
     pngs = [str(plot_norms(rows, workdir, config, T, plots / f"norms_vs_steps_back_T{T}.png"))
             for T in config.length_list()]
     pngs.append(str(plot_factors(rows, config, plots / "factor_vs_gain.png")))
-    results = sweep.results_of("dynamics", records, time.perf_counter() - start,
+    results = common.results_of("dynamics", records, time.perf_counter() - start,
                                summary=summarize(rows), plots=pngs)
-    return sweep.save_report(workdir, results, markdown(results, config), config.verbose)
+    return common.save_report(workdir, results, markdown(results, config), config.verbose)
 
 
 def main(argv=None):
-    return sweep.run_sweep_main(train_and_evaluate, Config, argv, configurations=configurations)
+    return common.run_sweep_main(train_and_evaluate, Config, argv, configurations=configurations)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ where units saturate).
     python -m experiments.gains --help                 # every setting
 
 Every setting of `experiments.text` applies to each gain. Each gain is one
-configuration of a sweep (`experiments.sweep`: resumable, `--workers N` on a
+configuration of a sweep (`experiments.common`: resumable, `--workers N` on a
 dask cluster, HParams). A gain whose training diverges (inf/NaN) is
 recorded as diverged and the study goes on.
 
@@ -47,10 +47,8 @@ from typing import ClassVar
 import numpy as np
 
 from experiments import common
-from experiments import sweep
 from experiments import text
-from experiments.common import option
-from experiments.sweep import fmt
+from experiments.common import fmt, option
 
 METRICS = ("bpc", "factor_start", "factor_end", "horizon_start", "horizon_end",
            "lyapunov_start", "lyapunov_end", "spectral_radius_end", "h_mean_start", "h_mean_end",
@@ -60,7 +58,7 @@ STATE_SAMPLES = 256
 
 
 @dataclasses.dataclass
-class Config(sweep.SweepConfig, text.Config):
+class Config(common.SweepConfig, text.Config):
     """A char-LM at several recurrent gains (the settings of experiments.text)."""
 
     experiment: ClassVar[str] = "gains"
@@ -84,7 +82,7 @@ class Config(sweep.SweepConfig, text.Config):
         text.prepare_data(self.text_config(None))  # bad text: exit 2, no run dir made
 
     def gain_list(self):
-        return sweep.split_list("gains", self.gains, float)
+        return common.split_list("gains", self.gains, float)
 
     def text_config(self, gain):
         """The `experiments.text` settings of one gain."""
@@ -157,7 +155,7 @@ def configurations(config):
 
 
 def regime(factor):
-    if not sweep.finite(factor):
+    if not common.finite(factor):
         return "–"
     return "vanishing" if factor < 0.95 else "exploding" if factor > 1.05 else "edge"
 
@@ -165,7 +163,7 @@ def regime(factor):
 def markdown(results, config):
     """results.md: one line per gain, then every configuration."""
     lines = [
-        f"{sweep.counts_line(results)} Each gain: {config.epochs} x "
+        f"{common.counts_line(results)} Each gain: {config.epochs} x "
         f"{config.steps_per_epoch} batches of {config.batch_size} windows of "
         f"{config.seq_len} characters, {config.hidden} tanh units.",
         "",
@@ -177,10 +175,10 @@ def markdown(results, config):
     def span(r, key, show=fmt):
         return f"{show(r.get(key + '_start'))} → {show(r.get(key + '_end'))}"
 
-    lines += sweep.md_section("Per gain", *sweep.md_table(
+    lines += common.md_section("Per gain", *common.md_table(
         ["g", "status", "val bpc", "factor", "horizon", "exp(λ₁)", "ρ(W_hh)",
          "mean h", "saturated", "mean tanh′"],
-        [[fmt(r["gain"]), sweep.status_text(r), fmt(r.get("bpc"), 4),
+        [[fmt(r["gain"]), common.status_text(r), fmt(r.get("bpc"), 4),
           f"{fmt(r.get('factor_start'))} ({regime(r.get('factor_start'))}) → "
           f"{fmt(r.get('factor_end'))} ({regime(r.get('factor_end'))})",
           span(r, "horizon"), span(r, "lyapunov", _exp), f"{fmt(r['gain'])} → "
@@ -189,20 +187,20 @@ def markdown(results, config):
         "rlrlllllll"), "", "Each cell: at initialisation → after training. mean h, "
         "saturated (share of |h_t| > 0.95) and mean tanh′ = 1 − h_t² on "
         f"{STATE_SAMPLES} validation windows.")
-    lines += sweep.configs_section(results["rows"], (*METRICS, "train_s", "wall_s"))
-    return sweep.md_report("Recurrent gain study: a char-LM on real text", lines)
+    lines += common.configs_section(results["rows"], (*METRICS, "train_s", "wall_s"))
+    return common.md_report("Recurrent gain study: a char-LM on real text", lines)
 
 
 def _fixed(value):
-    return f"{value:+.3f}" if sweep.finite(value) else "–"
+    return f"{value:+.3f}" if common.finite(value) else "–"
 
 
 def _percent(value):
-    return f"{100 * value:.0f}%" if sweep.finite(value) else "–"
+    return f"{100 * value:.0f}%" if common.finite(value) else "–"
 
 
 def _exp(value):
-    return fmt(math.exp(value)) if sweep.finite(value) else "–"
+    return fmt(math.exp(value)) if common.finite(value) else "–"
 
 
 def _last_step_norms(npz_file, row):
@@ -220,13 +218,13 @@ def plot_credit(rows, workdir, png):
     npz = os.path.join(common.LOGS_DIR, "gradient_norms.npz")
 
     def profile(row, log):
-        return sweep.config_profile(workdir, row["config_id"], npz, read=functools.partial(
+        return common.config_profile(workdir, row["config_id"], npz, read=functools.partial(
             _last_step_norms, row=log))
 
     def draw(ax, _, panel):
         if panel == "factor":
             for i, r in enumerate(rows):
-                found = sweep.config_profile(workdir, r["config_id"], npz, read=_factors)
+                found = common.config_profile(workdir, r["config_id"], npz, read=_factors)
                 if found is not None:
                     ax.plot(*found, color=f"C{i}", label=f"g = {r['gain']:g}")
             ax.axhline(1.0, color="0.5", lw=1, ls="--")
@@ -236,17 +234,17 @@ def plot_credit(rows, workdir, png):
             ax.legend(fontsize=7)
             return
         title, log = panel
-        sweep.steps_back_panel(ax, f"last step's credit, {title}", [
+        common.steps_back_panel(ax, f"last step's credit, {title}", [
             (profile(r, log), f"g = {r['gain']:g}", dict(color=f"C{i}"))
             for i, r in enumerate(rows)])
         ax.set_ylabel("mean ||dl_T/dh_t||")
 
     panels = [("at initialisation", 0), ("end of training", -1), "factor"]
-    return sweep.plot_panels(png, [None], panels, draw, (4.6, 3.8))
+    return common.plot_panels(png, [None], panels, draw, (4.6, 3.8))
 
 
 def _print_summary(results):
-    rows = [(f"{r['gain']:g}", sweep.status_text(r), fmt(r.get("bpc"), 4),
+    rows = [(f"{r['gain']:g}", common.status_text(r), fmt(r.get("bpc"), 4),
              f"{fmt(r.get('factor_start'))} → {fmt(r.get('factor_end'))}",
              f"{fmt(r.get('horizon_start'))} → {fmt(r.get('horizon_end'))}",
              f"{fmt(r.get('lyapunov_start'))} → {fmt(r.get('lyapunov_end'))}",
@@ -265,17 +263,17 @@ def train_and_evaluate(config, workdir):
     start = time.perf_counter()
     records = config.sweep(workdir, configurations(config),
                            functools.partial(run_gain, config=config), METRICS)
-    rows = sweep.rows_of(records)
+    rows = common.rows_of(records)
     png = plot_credit(rows, workdir, common.plots_dir(workdir) / "last_step_credit.png")
-    results = sweep.results_of("gains", records, time.perf_counter() - start, plots=[str(png)])
-    sweep.save_report(workdir, results, markdown(results, config), verbose=False)
+    results = common.results_of("gains", records, time.perf_counter() - start, plots=[str(png)])
+    common.save_report(workdir, results, markdown(results, config), verbose=False)
     if config.verbose:
         _print_summary(results)
     return results
 
 
 def main(argv=None):
-    return sweep.run_sweep_main(train_and_evaluate, Config, argv, configurations=configurations)
+    return common.run_sweep_main(train_and_evaluate, Config, argv, configurations=configurations)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ The defaults cost about 8 minutes of CPU time; the LSTM about as much as the
 three vanilla RNNs together. `--budget long` (the flags of `BUDGETS["long"]`;
 flags after it win) trains the adding problem at T = 100 long enough for the
 LSTM to solve it (docs/results.md: a run, its time). Each (task, T, model) is
-one configuration of a sweep (`experiments.sweep`: resumable, dask workers, HParams). It trains
+one configuration of a sweep (`experiments.common`: resumable, dask workers, HParams). It trains
 `train_steps` Adam steps on fresh sequences, keeps the weights of the best
 validation loss (checked every `steps_per_epoch` steps) and reports the test
 metric against the baseline (`solved`: below `solved_fraction` x baseline).
@@ -51,10 +51,8 @@ from typing import ClassVar
 
 
 from experiments import common
-from experiments import sweep
 from experiments import tasks
-from experiments.common import option
-from experiments.sweep import fmt
+from experiments.common import fmt, option
 
 MODELS = ("rnn_tanh", "irnn", "rnn_tanh_clip", "rnn_tanh_clip_omega", "lstm")
 # Presets of --budget: flags put before the command line's, which win.
@@ -67,7 +65,7 @@ METRIC_NAMES = ("metric", "baseline", "metric_ratio", "grad_factor_end", "grad_h
 
 
 @dataclasses.dataclass
-class Config(sweep.SweepConfig):
+class Config(common.SweepConfig):
     """Long-range memory: adding problem and copy memory, vanilla RNNs vs LSTM."""
 
     experiment: ClassVar[str] = "long_range"
@@ -124,12 +122,12 @@ class Config(sweep.SweepConfig):
 
     def tasks(self):
         """`[(task, [T, ...])]` of the tasks with lengths."""
-        return [(task, sweep.split_list(f"{task}_lengths", text, int, minimum=minimum))
+        return [(task, common.split_list(f"{task}_lengths", text, int, minimum=minimum))
                 for task, text, minimum in (("adding", self.adding_lengths, 2),
                                             ("copy", self.copy_lengths, 1)) if text.strip()]
 
     def model_list(self):
-        return sweep.split_list("models", self.models, str, choices=MODELS)
+        return common.split_list("models", self.models, str, choices=MODELS)
 
 
 def make_data(task, n, T, seed, settings):
@@ -215,6 +213,7 @@ def run_config(params, config_dir, settings):
     import keras
 
     from keras_vrnn import diagnostics
+    from experiments import training
 
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
     task, T, model_name, s = params["task"], params["T"], params["model"], settings
@@ -228,7 +227,7 @@ def run_config(params, config_dir, settings):
     vanilla = bool(diagnostics.rnn_layers(model))  # the LSTM has no layer to probe
     start = time.perf_counter()
     # Patience beyond the last epoch: no early stop, the best weights restored.
-    history, monitor = sweep.fit_steps(
+    history, monitor = training.fit_steps(
         model, config_dir, s, lambda n: make_data(task, n, T, base + 1, s), (x_val, y_val),
         (x_val[:s["grad_samples"]], y_val[:s["grad_samples"]]) if vanilla else None,
         [keras.callbacks.EarlyStopping(patience=s["train_steps"] + 1, restore_best_weights=True)],
@@ -257,7 +256,7 @@ TITLES = {"adding": ("Adding problem", "test MSE"),
 
 
 def configurations(config):
-    return [(sweep.make_config_id(p, GRID, {"task": "", "T": "T", "model": ""}), p)
+    return [(common.make_config_id(p, GRID, {"task": "", "T": "T", "model": ""}), p)
             for task, lengths in config.tasks() for T in lengths
             for p in ({"task": task, "T": T, "model": m} for m in config.model_list())]
 
@@ -276,7 +275,7 @@ def markdown(results, config):
     """results.md: the metric vs T per model and task, and every row."""
     rows, models, settings = results["rows"], config.model_list(), config.fixed_settings()
     lines = [
-        f"{sweep.counts_line(results)} {config.train_steps} Adam steps x batch "
+        f"{common.counts_line(results)} {config.train_steps} Adam steps x batch "
         f"{config.batch_size}, {config.units} units, test on {config.test_samples} sequences.",
         "",
         f"Cells: test metric (bold: solved, below {config.solved_fraction:g} x baseline); "
@@ -285,23 +284,23 @@ def markdown(results, config):
         "VanillaRNN models only. It is meaningful for the adding problem (loss at the last "
         "step only); copy memory has a loss at every step, so its h is mostly the whole "
         "sequence (T + 2 x copy_len)."]
-    by_key = sweep.index_rows(rows, GRID)
+    by_key = common.index_rows(rows, GRID)
     for task, lengths in config.tasks():
-        lines += sweep.md_section("{} ({})".format(*TITLES[task]), *sweep.md_table(
+        lines += common.md_section("{} ({})".format(*TITLES[task]), *common.md_table(
             ["T", "baseline", *models],
             [[T, fmt(baseline(task, T, settings), 4), *(_cell(by_key.get((task, T, m)))
                                                        for m in models)] for T in lengths],
             "rr" + "l" * len(models)))
-    lines += sweep.configs_section(rows, (
+    lines += common.configs_section(rows, (
         "metric", "baseline", "metric_ratio", "grad_factor_start", "grad_factor_end",
         "grad_horizon_start", "grad_horizon_end", "spectral_radius_end", "best_epoch",
         "train_s", "wall_s"))
-    return sweep.md_report("Long-range memory: vanilla RNNs vs LSTM", lines)
+    return common.md_report("Long-range memory: vanilla RNNs vs LSTM", lines)
 
 
 def plot_metrics(rows, config, png):
     """Test metric vs T per model, with the task's baseline."""
-    settings, groups = config.fixed_settings(), sweep.group_rows(rows, ("task", "model"), "T")
+    settings, groups = config.fixed_settings(), common.group_rows(rows, ("task", "model"), "T")
 
     def draw(ax, _, panel):
         task, lengths = panel
@@ -312,11 +311,11 @@ def plot_metrics(rows, config, png):
             if sel:
                 ax.plot([r["T"] for r in sel], [r["metric"] for r in sel], "-o", color=f"C{i}",
                         label=m)
-        sweep.log_log_axes(ax, lengths, xlabel="T (steps to remember across)",
+        common.log_log_axes(ax, lengths, xlabel="T (steps to remember across)",
                            ylabel=TITLES[task][1], title=TITLES[task][0])
         ax.legend(fontsize=8)
 
-    return sweep.plot_panels(png, [None], config.tasks(), draw, (5.5, 4.2))
+    return common.plot_panels(png, [None], config.tasks(), draw, (5.5, 4.2))
 
 
 def _last_mean_norms(npz):
@@ -330,41 +329,41 @@ def _last_mean_norms(npz):
 def plot_final_gradients(rows, workdir, config, png):
     """Mean ||dL/dh_t|| vs steps back at the end of training, a panel per
     task and VanillaRNN model, a curve per T (None without such models)."""
-    models, by_key = [m for m in config.model_list() if m != "lstm"], sweep.index_rows(rows, GRID)
+    models, by_key = [m for m in config.model_list() if m != "lstm"], common.index_rows(rows, GRID)
 
     def draw(ax, panel, m):
         (task, lengths), curves = panel, []
         for k, T in enumerate(lengths):
             row = by_key.get((task, T, m))
-            profile = row and sweep.config_profile(
+            profile = row and common.config_profile(
                 workdir, row["config_id"], os.path.join(common.LOGS_DIR, "gradient_norms.npz"),
                 read=_last_mean_norms)
             if profile is not None:
                 label = f"T={T}" + (f" ({fmt(row['metric'])})" if row.get("metric") else "")
                 curves.append((profile, label, dict(color=f"C{k}")))
-        sweep.steps_back_panel(ax, f"{task}: {m}, end of training", curves)
+        common.steps_back_panel(ax, f"{task}: {m}, end of training", curves)
 
-    return sweep.plot_panels(png, config.tasks(), models, draw, (4.2, 3.6)) if models else None
+    return common.plot_panels(png, config.tasks(), models, draw, (4.2, 3.6)) if models else None
 
 
 def plot_gradient_comparison(rows, workdir, config, png):
     """Mean ||dL/dh_t|| vs steps back at the end of training, a panel per
     (task, T), a curve per VanillaRNN model (None without such models)."""
-    models, by_key = [m for m in config.model_list() if m != "lstm"], sweep.index_rows(rows, GRID)
+    models, by_key = [m for m in config.model_list() if m != "lstm"], common.index_rows(rows, GRID)
     panels = [(task, T) for task, lengths in config.tasks() for T in lengths]
 
     def draw(ax, _, panel):
         curves = []
         for m in models:
             row = by_key.get((*panel, m))
-            profile = row and sweep.config_profile(
+            profile = row and common.config_profile(
                 workdir, row["config_id"], os.path.join(common.LOGS_DIR, "gradient_norms.npz"),
                 read=_last_mean_norms)
             label = m + (f" ({fmt(row['metric'])})" if row and row.get("metric") else "")
             curves.append((profile, label, dict(color=f"C{config.model_list().index(m)}")))
-        sweep.steps_back_panel(ax, "{}, T={}: end of training".format(*panel), curves)
+        common.steps_back_panel(ax, "{}, T={}: end of training".format(*panel), curves)
 
-    return sweep.plot_panels(png, [None], panels, draw, (5.0, 3.8)) if models else None
+    return common.plot_panels(png, [None], panels, draw, (5.0, 3.8)) if models else None
 
 
 def train_and_evaluate(config, workdir):
@@ -373,16 +372,16 @@ def train_and_evaluate(config, workdir):
     settings = config.fixed_settings()
     records = config.sweep(workdir, configurations(config),
                            functools.partial(run_config, settings=settings), METRIC_NAMES)
-    rows, out = sweep.rows_of(records), common.plots_dir(workdir)
+    rows, out = common.rows_of(records), common.plots_dir(workdir)
     pngs = [plot_metrics(rows, config, out / "metric_vs_T.png"),
             plot_final_gradients(rows, workdir, config, out / "final_gradient_norms.png"),
             plot_gradient_comparison(rows, workdir, config, out / "gradient_norms_by_model.png")]
-    results = sweep.results_of(
+    results = common.results_of(
         "long_range", records, time.perf_counter() - start,
         baselines={f"{task}_T{T}": baseline(task, T, settings)
                    for task, lengths in config.tasks() for T in lengths},
         plots=[str(p) for p in pngs if p is not None])
-    return sweep.save_report(workdir, results, markdown(results, config), config.verbose)
+    return common.save_report(workdir, results, markdown(results, config), config.verbose)
 
 
 def main(argv=None):
@@ -394,7 +393,7 @@ def main(argv=None):
     pre.add_argument("--budget", default="default")
     budget = pre.parse_known_args(argv)[0].budget
     argv = BUDGETS.get(budget, []) + argv  # an unknown one: the parser's error
-    return sweep.run_sweep_main(train_and_evaluate, Config, argv, configurations=configurations)
+    return common.run_sweep_main(train_and_evaluate, Config, argv, configurations=configurations)
 
 
 if __name__ == "__main__":

@@ -390,3 +390,20 @@ def recurrent_initializer(gain, seed):
         return "orthogonal"
     return keras_vrnn.initializers.ScaledOrthogonal(gain=gain, seed=seed)
 
+
+def fit_steps(model, config_dir, settings, make_train, validation_data, grad_data,
+              callbacks=(), **fit_kwargs):
+    """Trains `train_steps // steps_per_epoch` logged epochs (at least one) of
+    `steps_per_epoch` batches from `make_train(n)`, with `DivergenceMonitor`, `callbacks`,
+    TensorBoard and (given `grad_data`) gradient norms in `<config_dir>/logs`.
+    Returns `(history, monitor)`."""
+    spe = min(settings["steps_per_epoch"], settings["train_steps"])
+    epochs = max(1, settings["train_steps"] // spe)
+    x, y = make_train(epochs * spe * settings["batch_size"])
+    monitor = DivergenceMonitor()
+    history = model.fit(
+        x, y, batch_size=settings["batch_size"], epochs=epochs, steps_per_epoch=spe,
+        shuffle=False, validation_data=validation_data, verbose=0, **fit_kwargs,
+        callbacks=[monitor, *callbacks, *logging_callbacks(
+            config_dir, grad_data, settings["grad_every_n_batches"])]).history
+    return history, monitor

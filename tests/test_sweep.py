@@ -1,4 +1,4 @@
-"""Tests for experiments/sweep.py: crash/diverge recording, resume, dask
+"""Tests for the sweeps of experiments/common.py: crash/diverge recording, resume, dask
 workers (a LocalCluster, and a scheduler and workers started as separate
 processes), HParams events. The configuration function here is pure NumPy,
 so the engine is tested in seconds (the workers never import TensorFlow)."""
@@ -12,7 +12,8 @@ import time
 import numpy as np
 import pytest
 
-from experiments import sweep
+from experiments import common
+
 
 # Module-level so spawn workers can unpickle it by reference.
 CALLS_FILE = "calls.log"
@@ -30,7 +31,7 @@ def toy_fn(params, config_dir):
     if not np.all(np.isfinite(norms)) or params["scale"] > 1e3:
         return {"status": "diverged", "diverged_step": 3, "last": float("inf")}
     if params["scale"] > 100:
-        raise sweep.Diverged(5, "overflow in toy", metrics={"partial": 1.5})
+        raise common.Diverged(5, "overflow in toy", metrics={"partial": 1.5})
     np.save(os.path.join(config_dir, "norms.npy"), norms)
     return {"loss": float(norms.sum()), "factor": float(norms[-1] / norms[0])}
 
@@ -48,7 +49,7 @@ def _configs(scales=(0.5, 1.0, 2.0), crash=False, extra=()):
         params = {"scale": float(s), "seed": 3}
         if crash and s == 1.0:
             params["crash"] = True
-        configs.append((sweep.make_config_id(params, ["scale"], {"scale": "s"}), params))
+        configs.append((common.make_config_id(params, ["scale"], {"scale": "s"}), params))
     return configs
 
 
@@ -59,7 +60,7 @@ def _calls(sweep_dir):
 
 def _prepare(tmp_path, name="sw", settings=None):
     d = str(tmp_path / name)
-    resumed = sweep.prepare_sweep_dir(d, "toy", settings or {"steps": 10})
+    resumed = common.prepare_sweep_dir(d, "toy", settings or {"steps": 10})
     return d, resumed
 
 
@@ -67,7 +68,7 @@ def test_crash_and_divergence_are_recorded_and_sweep_continues(tmp_path):
     d, resumed = _prepare(tmp_path)
     assert not resumed
     configs = _configs(scales=(0.5, 1.0, 500.0, 1e4), crash=True)
-    records = sweep.run_sweep(d, configs, toy_fn, progress=False, metric_names=["loss"])
+    records = common.run_sweep(d, configs, toy_fn, progress=False, metric_names=["loss"])
     status = {r["config_id"]: r["status"] for r in records}
     assert status == {"s0.5": "ok", "s1": "crashed", "s500": "diverged", "s10000": "diverged"}
     crashed = records[1]
@@ -79,18 +80,18 @@ def test_crash_and_divergence_are_recorded_and_sweep_continues(tmp_path):
     for cid, _ in configs:
         on_disk = json.load(open(os.path.join(d, "configs", cid, "result.json")))
         assert on_disk["status"] == status[cid]
-    assert sweep.summarize(records)["crashed"] == 1
+    assert common.summarize(records)["crashed"] == 1
 
 
 def test_rerun_skips_finished_configs_and_retries_crashed(tmp_path):
     d, _ = _prepare(tmp_path)
-    first = sweep.run_sweep(d, _configs(crash=True), toy_fn, progress=False)
+    first = common.run_sweep(d, _configs(crash=True), toy_fn, progress=False)
     assert _calls(d) == ["s0.5", "s1", "s2"]
     # Same run name again: resumable; only the crashed one (now fixed) and a
     # new axis value run.
     d2, resumed = _prepare(tmp_path)
     assert resumed and d2 == d
-    sweep_records = sweep.run_sweep(
+    sweep_records = common.run_sweep(
         d, _configs(extra=(4.0,)), toy_fn, progress=False
     )
     assert _calls(d) == ["s0.5", "s1", "s2", "s1", "s4"]
@@ -101,41 +102,41 @@ def test_rerun_skips_finished_configs_and_retries_crashed(tmp_path):
 
 def test_resume_refuses_changed_settings_and_foreign_dirs(tmp_path):
     _prepare(tmp_path, settings={"steps": 10})
-    with pytest.raises(sweep.SweepError, match=r"other settings \(steps: 10 -> 20\)"):
+    with pytest.raises(common.SweepError, match=r"other settings \(steps: 10 -> 20\)"):
         _prepare(tmp_path, settings={"steps": 20})
     plain = tmp_path / "plain"
     plain.mkdir()
     (plain / "results.json").write_text("{}")
-    with pytest.raises(sweep.SweepError, match="not a sweep"):
-        sweep.prepare_sweep_dir(str(plain), "toy", {})
-    with pytest.raises(sweep.SweepError, match="experiment 'toy'"):
-        sweep.prepare_sweep_dir(str(tmp_path / "sw"), "other", {"steps": 10})
+    with pytest.raises(common.SweepError, match="not a sweep"):
+        common.prepare_sweep_dir(str(plain), "toy", {})
+    with pytest.raises(common.SweepError, match="experiment 'toy'"):
+        common.prepare_sweep_dir(str(tmp_path / "sw"), "other", {"steps": 10})
 
 
 def test_leaving_out_recorded_configs_is_refused(tmp_path):
     d, _ = _prepare(tmp_path)
-    sweep.run_sweep(d, _configs(crash=True), toy_fn, progress=False)
+    common.run_sweep(d, _configs(crash=True), toy_fn, progress=False)
     # An interrupted attempt (no result.json) holds no result: not counted.
     os.makedirs(os.path.join(d, "configs", "s8"))
-    assert sweep.recorded_config_ids(d) == ["s0.5", "s1", "s2"]  # s1 crashed
-    manifest = open(os.path.join(d, sweep.MANIFEST)).read()
+    assert common.recorded_config_ids(d) == ["s0.5", "s1", "s2"]  # s1 crashed
+    manifest = open(os.path.join(d, common.MANIFEST)).read()
     subset = [cid for cid, _ in _configs(scales=(0.5,))]
-    with pytest.raises(sweep.SweepError) as excinfo:
-        sweep.prepare_sweep_dir(d, "toy", {"steps": 10}, config_ids=subset)
+    with pytest.raises(common.SweepError) as excinfo:
+        common.prepare_sweep_dir(d, "toy", {"steps": 10}, config_ids=subset)
     message = str(excinfo.value)
     assert message.startswith("Received: 1 configuration(s) for run dir")
     assert "2 recorded configuration(s)" in message and "(s1, s2)" in message
-    assert open(os.path.join(d, sweep.MANIFEST)).read() == manifest  # unchanged
+    assert open(os.path.join(d, common.MANIFEST)).read() == manifest  # unchanged
     # run_sweep itself refuses too, before it runs or writes anything.
     calls = _calls(d)
-    with pytest.raises(sweep.SweepError, match=r"leaves out \(s1, s2\)"):
-        sweep.run_sweep(d, _configs(scales=(0.5, 4.0)), toy_fn, progress=False)
+    with pytest.raises(common.SweepError, match=r"leaves out \(s1, s2\)"):
+        common.run_sweep(d, _configs(scales=(0.5, 4.0)), toy_fn, progress=False)
     assert _calls(d) == calls and not os.path.exists(os.path.join(d, "configs", "s4"))
     # A superset resumes: every recorded configuration is in the records.
-    assert sweep.prepare_sweep_dir(
+    assert common.prepare_sweep_dir(
         d, "toy", {"steps": 10}, config_ids=[c for c, _ in _configs(extra=(8.0,))]
     )
-    records = sweep.run_sweep(d, _configs(extra=(8.0,)), toy_fn, progress=False)
+    records = common.run_sweep(d, _configs(extra=(8.0,)), toy_fn, progress=False)
     assert [r["config_id"] for r in records] == ["s0.5", "s1", "s2", "s8"]
 
 
@@ -155,14 +156,14 @@ def test_local_dask_cluster_matches_in_process(tmp_path, capsys):
     configs = _configs(scales=(0.5, 1.0, 2.0, 500.0), crash=True)
     d1, _ = _prepare(tmp_path, "w1")
     d2, _ = _prepare(tmp_path, "w2")
-    r1 = sweep.run_sweep(d1, configs, toy_fn, workers=1, label="toy")
+    r1 = common.run_sweep(d1, configs, toy_fn, workers=1, label="toy")
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("toy [1/4] s0.5: ok in ") and "[2/4] s1: crashed" in lines[1]
-    r2 = sweep.run_sweep(d2, configs, toy_fn, workers=2, threads=1, progress=False)
+    r2 = common.run_sweep(d2, configs, toy_fn, workers=2, threads=1, progress=False)
     _assert_same_sweeps(d1, r1, d2, r2)
     # Resumed on the cluster: nothing finished runs again, the crash reruns.
     calls = _calls(d2)
-    again = sweep.run_sweep(d2, configs, toy_fn, workers=2, progress=False)
+    again = common.run_sweep(d2, configs, toy_fn, workers=2, progress=False)
     assert [r["skipped"] for r in again] == [True, False, True, True]
     assert sorted(_calls(d2)) == sorted(calls + ["s1"])
 
@@ -174,11 +175,11 @@ def test_a_dying_worker_process_is_a_crash_record(tmp_path):
     configs = _configs(scales=(0.5,)) + [("die", {"die": True, "scale": 1.0, "seed": 3})]
     # No retries on other workers: the first death is the configuration's.
     with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
-        records = sweep.run_sweep(d, configs, dying_fn, workers=2, progress=False)
+        records = common.run_sweep(d, configs, dying_fn, workers=2, progress=False)
     assert [r["status"] for r in records] == ["ok", "crashed"]
     assert records[1]["error"].startswith("worker process failed: KilledWorker")
     on_disk = json.load(open(os.path.join(d, "configs", "die", "result.json")))
-    assert on_disk["status"] == "crashed" and sweep.recorded_config_ids(d) == ["die", "s0.5"]
+    assert on_disk["status"] == "crashed" and common.recorded_config_ids(d) == ["die", "s0.5"]
 
 
 def test_sweep_on_a_separately_started_dask_cluster(tmp_path):
@@ -213,8 +214,8 @@ def test_sweep_on_a_separately_started_dask_cluster(tmp_path):
             configs = _configs(scales=(0.5, 1.0, 2.0, 500.0), crash=True)
             d1, _ = _prepare(tmp_path, "here")
             d2, _ = _prepare(tmp_path, "there")
-            r1 = sweep.run_sweep(d1, configs, toy_fn, progress=False)
-            r2 = sweep.run_sweep(d2, configs, toy_fn, scheduler=address, progress=False)
+            r1 = common.run_sweep(d1, configs, toy_fn, progress=False)
+            r2 = common.run_sweep(d2, configs, toy_fn, scheduler=address, progress=False)
             _assert_same_sweeps(d1, r1, d2, r2)
             assert [r["status"] for r in r2] == ["ok", "crashed", "ok", "diverged"]
             workers = {w["host"] for w in client.scheduler_info()["workers"].values()}
@@ -233,7 +234,7 @@ def test_hparams_events_written(tmp_path):
     from tensorboard.backend.event_processing import event_accumulator as ea
 
     d, _ = _prepare(tmp_path)
-    sweep.run_sweep(d, _configs(), toy_fn, progress=False, metric_names=["loss", "factor"])
+    common.run_sweep(d, _configs(), toy_fn, progress=False, metric_names=["loss", "factor"])
     top = ea.EventAccumulator(d)
     top.Reload()
     from tensorboard.plugins.hparams import plugin_data_pb2
