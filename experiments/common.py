@@ -1,51 +1,38 @@
-"""What every experiment shares: config and flags, checks, run directory.
+"""What every experiment shares: config and flags, checks, run directory, sweeps.
 
-An experiment is one module with four parts, as in the flax examples:
+An experiment is one module of four parts, as in the flax examples:
+`Config` (a dataclass of `BaseConfig`, `TrainingConfig` or `SweepConfig`, one
+`option(default, help)` per setting, every field a flag `--name value`, and a
+`validate()` raising one-line "Received: ... Expected ..." errors),
+`build_model`, `train_and_evaluate(config, workdir) -> results` (data first,
+raising `DataError` before heavy work, then `experiments.training` for Keras)
+and `main(argv=None)`, which returns `run_main(train_and_evaluate, Config, argv)`.
+This module imports neither TensorFlow nor Keras: bad flags and data are one
+line on stderr without their start-up time.
 
-1. `Config`, a dataclass (subclass of `BaseConfig`, `TrainingConfig` or
-   `common.SweepConfig`) with one commented field per setting,
-   `option(default, help)`, and a `validate()` that raises `ValueError` with
-   a one-line "Received: ... Expected ..." message (`check_int`,
-   `check_number`, `check_choice`). Every field is a flag `--name value`
-   (booleans `--name` / `--no-name`).
-2. `build_model(config, ...)`.
-3. `train_and_evaluate(config, workdir) -> dict`: loads the data first
-   (raising `DataError` before any heavy work), then imports
-   `experiments.training` (Keras and TensorFlow), trains, writes plots and
-   `results.json` and returns the results.
-4. `main(argv=None)`: `return common.run_main(train_and_evaluate, Config, argv)`
-   (`common.run_sweep_main` for sweeps).
+A run dir `<workdir_root>/<experiment>/<run_name>/` (default name: the UTC start
+time) holds config.json, results.json, plots/ and logs/ (TensorBoard); a training
+run adds model.keras (best validation loss), history.json and, until it ends,
+backup/; a sweep adds sweep.json and configs/<config id>/ (result.json, logs/,
+HParams). Exit status: 0 finished; 2 bad settings or data (one line `error: ...`,
+nothing created or changed); 3 training diverged (NaN/inf loss or weights:
+stopped at once, results.json has `"status": "diverged"` and `diverged_at`;
+logs, checkpoint and the last good backup are kept).
 
-This module imports neither TensorFlow nor Keras, so that bad flags and data
-are reported without their start-up time.
-
-Run directory `<workdir_root>/<experiment>/<run_name>/` (default name: the UTC
-start time, `-2`, `-3`, ... if taken): config.json, results.json, model.keras
-(best validation loss), history.json, logs/ (TensorBoard; gradient norms as
-NPZ and CSV), plots/, and backup/ while a training run is unfinished.
-
-Exit status: 0 finished; 2 bad settings or data: one line `error: ...` on
-stderr, nothing created or changed (a run dir the rejected run made is
-removed again, with the folders above it that it made); 3 training diverged
-(NaN/inf loss or weights): training stopped at once, results.json has
-`"status": "diverged"` and `diverged_at`, logs, checkpoint and the backup of
-the last good epoch are kept.
-
-Resuming. A `TrainingConfig` run backs itself up at every epoch end
-(`training.RunBackup`). Started again with the same command and `--run_name`
-after a kill, it continues from its last completed epoch in the same dir and
-ends with the results of an uninterrupted run: the data order is a pure
-function of (seed, batch number) (`training.shuffled_batch_indices`), and history,
-gradient-norm files, best-checkpoint threshold and TensorBoard logs continue.
-Only an unfinished run with a backup and the same settings is resumed; a
-finished one is never overwritten. A run dir is locked (`filelock`) while a
-process uses it. With `--strategy multi-worker` every worker runs the same
-command; non-chief workers write to `<run_name>.<task type>-<index>/`.
+A run dir is never overwritten. The same command and `--run_name` resumes what
+was interrupted: a training run from its last completed epoch, ending with the
+results of an uninterrupted run (the data order is a function of seed and batch
+number, `training.shuffled_batch_indices`); a sweep by skipping the
+configurations recorded "ok" or "diverged" and retrying crashed ones. A sweep
+with other fixed settings, or whose swept values leave out a recorded
+configuration, is refused. Sweeps run in this process (`--workers 1`), on a
+local dask cluster (`--workers N`) or on a running one (`--scheduler`).
 """
 
 import argparse
 import dataclasses
 import datetime
+import itertools
 import json
 import logging
 import math
@@ -53,7 +40,6 @@ import os
 import pathlib
 import re
 import shutil
-import socket
 import sys
 import time
 import traceback
@@ -66,8 +52,7 @@ from typing import ClassVar
 import numpy as np
 
 STATUS_OK, STATUS_DIVERGED = "ok", "diverged"
-USAGE_EXIT_CODE = 2
-DIVERGED_EXIT_CODE = 3
+USAGE_EXIT_CODE, DIVERGED_EXIT_CODE = 2, 3
 STRATEGIES = ("default", "mirrored", "multi-worker")
 OPTIMIZERS = ("adam", "sgd", "rmsprop")
 ACTIVATIONS = ("tanh", "relu", "sigmoid", "linear")
@@ -75,26 +60,34 @@ CONFIG_FILE, RESULTS_FILE, HISTORY_FILE = "config.json", "results.json", "histor
 CHECKPOINT_FILE, LOCK_FILE = "model.keras", ".lock"
 LOGS_DIR, PLOTS_DIR, BACKUP_DIR = "logs", "plots", "backup"
 BACKUP_METADATA_FILE = "training_metadata.json"
-# Seconds to sleep after every training batch; lets tests/test_resume.py kill
-# a run in the middle of an epoch.
+MANIFEST, RESULT, CONFIGS_DIR = "sweep.json", "result.json", "configs"
+STATUSES, FINISHED = ("ok", "diverged", "crashed"), ("ok", "diverged")
+# Seconds to sleep after every training batch, so that tests can kill a run
+# in the middle of an epoch.
 TEST_BATCH_SLEEP_ENV = "KERAS_VRNN_TEST_BATCH_SLEEP"
 
 
 class DataError(ValueError):
-    """Bad user data; the one-line message says what was received, what was
-    expected and how to fix it."""
+    """Bad user data; the message says what was received and expected."""
+
+
+class SweepError(ValueError):
+    """A sweep cannot start (bad directory or settings)."""
+
+
+class Diverged(Exception):
+    """Raised by a sweep configuration whose training became inf/NaN at
+    `step`; the `metrics` measured before are kept in its record."""
+
+    def __init__(self, step, message="", metrics=None):
+        super().__init__(message or f"diverged at step {step}")
+        self.step, self.metrics = step, dict(metrics or {})
 
 
 def fail(err):
     """Prints one line `error: <message>` on stderr and exits with status 2."""
-    message = " ".join(str(err).split()) or type(err).__name__
-    print(f"error: {message}", file=sys.stderr)
+    print(f"error: {' '.join(str(err).split()) or type(err).__name__}", file=sys.stderr)
     raise SystemExit(USAGE_EXIT_CODE)
-
-
-# ---------------------------------------------------------------------------
-# Checks: one-line ValueError "Received: name=value. Expected ..."
-# ---------------------------------------------------------------------------
 
 
 def _shown(value):
@@ -106,23 +99,19 @@ def check_int(name, value, minimum=1, example=None):
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
         if minimum is None or value >= minimum:
             return int(value)
-    expected = {None: "an integer", 1: "a positive integer"}.get(
-        minimum, f"an integer >= {minimum}")
+    expected = {None: "an integer", 1: "a positive integer"}.get(minimum, f"an integer >= {minimum}")
     hint = f" (e.g. --{name} {example})" if example is not None else ""
     raise ValueError(f"Received: {name}={_shown(value)}. Expected {expected}{hint}.")
 
 
 def check_number(name, value, low=0.0, high=None, low_ok=False, note=""):
-    """`value` as float if it is a finite number above `low` (or equal to it
-    with `low_ok`) and below `high`."""
+    """`value` as float if it is finite, above `low` (or equal, `low_ok`) and below `high`."""
     number = isinstance(value, (int, float, np.integer, np.floating))
     if number and not isinstance(value, bool) and math.isfinite(value):
         if (value >= low if low_ok else value > low) and (high is None or value < high):
             return float(value)
-    if high is not None:
-        expected = f"a number strictly between {low:g} and {high:g}"
-    else:
-        expected = f"a finite number {'>=' if low_ok else '>'} {low:g}"
+    expected = (f"a number strictly between {low:g} and {high:g}" if high is not None
+                else f"a finite number {'>=' if low_ok else '>'} {low:g}")
     note = f" ({note})" if note else ""
     raise ValueError(f"Received: {name}={_shown(value)}. Expected {expected}{note}.")
 
@@ -137,36 +126,32 @@ def check_run_name(run_name):
     """`run_name` if it is one safe path component."""
     if isinstance(run_name, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._=+-]*", run_name):
         return run_name
-    raise ValueError(
-        f"Received: run_name={_shown(run_name)}. Expected a directory name of "
-        f"letters, digits and . _ = + - (starting with a letter or digit), "
-        f"e.g. --run_name hidden256.")
+    raise ValueError(f"Received: run_name={_shown(run_name)}. Expected a directory name of "
+                     f"letters, digits and . _ = + - (starting with a letter or digit), "
+                     f"e.g. --run_name hidden256.")
 
 
 def check_keras_file(name, path):
-    """Checks, without TensorFlow, that `path` is a `.keras` zip archive with
-    Keras' config.json and model.weights.h5 (whether the weights fit the
-    model is checked when they are loaded, `load_initial_weights`)."""
+    """`path` if it is a `.keras` zip with Keras' config.json and weights
+    (whether they fit the model is checked when they are loaded)."""
     file = pathlib.Path(path)
-    expected = "a .keras model file saved by Keras (e.g. the model.keras of an earlier run)"
-    problem = None
+    size = file.stat().st_size if file.is_file() else 0
     if not file.exists():
         problem = f"no such file; relative paths start at {os.getcwd()!r}"
     elif not file.is_file():
         problem = "not a file"
     elif file.suffix != ".keras":
         problem = "its name does not end in .keras"
-    elif file.stat().st_size == 0:
-        problem = "0 bytes, not a Keras model"
-    elif not zipfile.is_zipfile(file):
-        problem = f"{file.stat().st_size} bytes that are not a zip archive, not a Keras model"
+    elif not size or not zipfile.is_zipfile(file):
+        problem = f"{size} bytes that are not a zip archive, not a Keras model" if size else (
+            "0 bytes, not a Keras model")
     else:
         with zipfile.ZipFile(file) as archive:
             missing = {"config.json", "model.weights.h5"} - set(archive.namelist())
-        if missing:
-            problem = f"a zip archive without {' and '.join(sorted(missing))}"
+        problem = f"a zip archive without {' and '.join(sorted(missing))}" if missing else None
     if problem:
-        raise ValueError(f"Received: {name}={str(path)!r} ({problem}). Expected {expected}.")
+        raise ValueError(f"Received: {name}={str(path)!r} ({problem}). Expected a .keras model "
+                         f"file saved by Keras (e.g. the model.keras of an earlier run).")
     return file
 
 
@@ -174,20 +159,18 @@ def multi_worker_task(environ=None):
     """`(task_type, index, is_chief)` of this worker, from `TF_CONFIG`; the
     chief is the "chief" task, or worker 0 without one."""
     raw = (os.environ if environ is None else environ).get("TF_CONFIG")
-    example = ('{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
-               '"task": {"type": "worker", "index": 0}}')
+    example = ('TF_CONFIG=\'{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
+               '"task": {"type": "worker", "index": 0}}\'')
     if not raw:
-        raise ValueError(
-            "Received: strategy='multi-worker' without a TF_CONFIG environment "
-            f"variable. Expected TF_CONFIG in every worker's environment, e.g. "
-            f"TF_CONFIG='{example}'.")
+        raise ValueError("Received: strategy='multi-worker' without a TF_CONFIG environment "
+                         f"variable. Expected TF_CONFIG in every worker's environment, e.g. "
+                         f"{example}.")
     try:
         spec = json.loads(raw)
     except json.JSONDecodeError as err:
         raise ValueError(f"Received: TF_CONFIG={raw!r} (not JSON: {err}). "
-                         f"Expected e.g. TF_CONFIG='{example}'.") from None
-    cluster = spec.get("cluster") if isinstance(spec, dict) else None
-    task = spec.get("task") if isinstance(spec, dict) else None
+                         f"Expected e.g. {example}.") from None
+    cluster, task = (spec.get("cluster"), spec.get("task")) if isinstance(spec, dict) else (None,) * 2
     try:
         kind, index = task["type"], task["index"]
         ok = (kind in ("chief", "worker") and all(
@@ -196,17 +179,39 @@ def multi_worker_task(environ=None):
     except (TypeError, KeyError, AttributeError):
         ok = False
     if not ok:
-        raise ValueError(
-            f"Received: TF_CONFIG={raw!r}. Expected a cluster of \"host:port\" "
-            f"lists and this worker's task (type \"chief\" or \"worker\", an "
-            f"index into its list), e.g. TF_CONFIG='{example}'.")
-    is_chief = kind == "chief" or (index == 0 and "chief" not in cluster)
-    return kind, index, is_chief
+        raise ValueError(f"Received: TF_CONFIG={raw!r}. Expected a cluster of \"host:port\" "
+                         f"lists and this worker's task (type \"chief\" or \"worker\", an "
+                         f"index into its list), e.g. {example}.")
+    return kind, index, kind == "chief" or (index == 0 and "chief" not in cluster)
 
 
-# ---------------------------------------------------------------------------
-# Config and command line
-# ---------------------------------------------------------------------------
+def split_list(name, text, kind, minimum=None, choices=None):
+    """The items of a comma-separated flag (`"0.5,1,2"`) as `kind`, each
+    finite, >= minimum, one of `choices` and given once."""
+    what = {int: "integers", float: "numbers", str: "names"}[kind]
+    example = {int: "50,200", float: "0.5,1.0,2.0", str: "tanh,relu"}[kind]
+    values = []
+    for item in [i.strip() for i in str(text).split(",") if i.strip()] or [""]:
+        try:
+            value = kind(item) if item else None
+        except ValueError:
+            value = None
+        if value is None or (kind is float and not math.isfinite(value)):
+            problem = f"Expected a comma-separated list of finite {what}, e.g. --{name} {example}"
+        elif minimum is not None and value < minimum:
+            problem = f"Expected {what} >= {minimum}"
+        elif choices is not None and value not in choices:
+            problem = f"Expected items from {list(choices)}"
+        elif value in values:
+            problem = f"Got {item!r} twice; expected each value once"
+        else:
+            values.append(value)
+            continue
+        raise ValueError(f"Received: {name}={text!r} (item {item!r}). {problem}.")
+    return values
+
+
+# --- Config and command line ---------------------------------------------------
 
 
 def option(default, help, choices=None):  # noqa: A002 (argparse's name)
@@ -222,18 +227,13 @@ class BaseConfig:
     # Settings that may change when a run is resumed (how, not what).
     resume_ignores: ClassVar[tuple] = ("verbose",)
 
-    # Seeds Python, NumPy and the backend (weights, data order, sampling).
     seed: int = option(0, "Random seed (Python, NumPy, backend, data order).")
-    # How often GradientNormCallback measures per-timestep BPTT gradients.
     grad_every_n_batches: int = option(
         50, "Measure per-timestep BPTT gradient norms every N training batches.")
-    # Keras verbosity: 0 silent, 1 progress bar, 2 one line per epoch.
     verbose: int = option(1, "Keras progress output: 0 silent, 1 progress bar, "
                           "2 one line per epoch.", choices=(0, 1, 2))
-    # Runs go to <workdir_root>/<experiment>/<run_name>/.
     workdir_root: str = option("runs", "Root directory; a run goes to "
                                "<root>/<experiment>/<run_name>/.")
-    # None: the UTC start time, e.g. 20261128-061500.
     run_name: typing.Optional[str] = option(
         None, "Name of the run directory (default: UTC start time, e.g. "
         "20261128-061500). The name of an interrupted run resumes it; a "
@@ -254,7 +254,6 @@ class BaseConfig:
 class TrainingConfig(BaseConfig):
     """Settings of experiments that train one VanillaRNN model with `fit`."""
 
-    # Units of the VanillaRNN layer.
     hidden: int = option(192, "Units of the VanillaRNN layer.")
     activation: str = option("tanh", "Activation of the VanillaRNN layer.",
                              choices=ACTIVATIONS)
@@ -263,13 +262,11 @@ class TrainingConfig(BaseConfig):
         None, "Initialize the recurrent kernel as an orthogonal matrix times "
         "this gain (keras_vrnn.initializers.ScaledOrthogonal; default: plain "
         "orthogonal, gain 1).")
-    # Global: split evenly across the replicas of a tf.distribute strategy.
     batch_size: int = option(64, "Sequences per training batch (global: split "
                              "across replicas).")
     epochs: int = option(8, "Number of epochs.")
     learning_rate: float = option(3e-3, "Learning rate of the optimizer.")
     optimizer: str = option("adam", "Optimizer.", choices=OPTIMIZERS)
-    # Clips the norm of all gradients together (Keras global_clipnorm).
     clipnorm: float = option(1.0, "Global gradient-norm clipping threshold (0: off).")
     strategy: str = option(
         "default", "Distribution: default (one device), mirrored (tf.distribute."
@@ -278,7 +275,6 @@ class TrainingConfig(BaseConfig):
         "TF_CONFIG environment variable; start the same command, with "
         "--run_name, on every worker). --batch_size is the global batch.",
         choices=STRATEGIES)
-    # A model.keras of an earlier run with the same architecture.
     init_from: typing.Optional[str] = option(
         None, "A .keras model (e.g. the model.keras of an earlier run with the "
         "same architecture) whose weights this run starts from; the optimizer "
@@ -286,12 +282,11 @@ class TrainingConfig(BaseConfig):
 
     def validate(self):
         super().validate()
-        check_int("hidden", self.hidden, example=64)
+        for name, example in (("hidden", 64), ("batch_size", 32), ("epochs", 8)):
+            check_int(name, getattr(self, name), example=example)
         check_choice("activation", self.activation, ACTIVATIONS)
         if self.recurrent_gain is not None:
             check_number("recurrent_gain", self.recurrent_gain)
-        check_int("batch_size", self.batch_size, example=32)
-        check_int("epochs", self.epochs, example=8)
         check_number("learning_rate", self.learning_rate)
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
         check_number("clipnorm", self.clipnorm, low_ok=True, note="0 turns clipping off")
@@ -305,6 +300,49 @@ class TrainingConfig(BaseConfig):
                     "Received: strategy='multi-worker' without --run_name. Expected "
                     "an explicit --run_name, the same on every worker, so that "
                     "they agree on the run directory.")
+
+
+@dataclasses.dataclass
+class SweepConfig(BaseConfig):
+    """Settings of every sweep; a subclass names its `sweep_axes`, the
+    comma-separated list fields that span the sweep."""
+
+    sweep_axes: ClassVar[tuple] = ()
+    # Fields that change where and how, not what, is computed.
+    execution_fields: ClassVar[tuple] = ("workers", "threads", "scheduler", "verbose",
+                                         "run_name", "workdir_root")
+
+    workers: int = option(1, "Worker processes of a local dask cluster for the "
+                          "configurations; 1 runs them in this process.")
+    threads: int = option(0, "TensorFlow threads per local worker (0: cpu_count // workers).")
+    scheduler: typing.Optional[str] = option(
+        None, "Address of a running dask scheduler, e.g. tcp://10.0.0.5:8786, whose "
+        "workers run the configurations (they must see the run dir at the same path).")
+    run_name: typing.Optional[str] = option(
+        None, "Name of the run directory (default: UTC start time). Reusing the name of "
+        "an earlier run of this sweep resumes it: finished configurations are skipped; "
+        "the swept values may add configurations but not leave out recorded ones.")
+    # Keras' own per-epoch output is always off in a sweep.
+    verbose: int = option(1, "0: silent; 1 or 2: one progress line per finished "
+                          "configuration.", choices=(0, 1, 2))
+
+    def validate(self):
+        super().validate()
+        check_int("workers", self.workers, example=2)
+        check_int("threads", self.threads, minimum=0)
+        if self.scheduler is not None and not re.fullmatch(r"\w+://\S+:\d+", self.scheduler):
+            raise ValueError(f"Received: scheduler={self.scheduler!r}. Expected a dask "
+                             f"scheduler address, e.g. --scheduler tcp://127.0.0.1:8786.")
+
+    def fixed_settings(self):
+        """The settings that must match when a sweep is resumed."""
+        skip = set(self.execution_fields) | set(self.sweep_axes)
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
+
+    def sweep(self, workdir, configs, fn, metric_names):
+        return run_sweep(str(workdir), configs, fn, workers=self.workers, threads=self.threads,
+                         scheduler=self.scheduler, metric_names=metric_names,
+                         progress=self.verbose > 0, label=self.experiment)
 
 
 _EPILOG = """\
@@ -322,8 +360,7 @@ class _OneLineParser(argparse.ArgumentParser):
     def error(self, message):
         message = re.sub(r"^argument (--\S+?)(/--no-\S+)?: (?=Received:)", "", message)
         message = re.sub(r"^argument (--\S+?)(/--no-\S+)?: ", r"\1: ", message)
-        self.exit(USAGE_EXIT_CODE,
-                  f"error: {' '.join(message.split())} (see {self.prog} --help)\n")
+        self.exit(USAGE_EXIT_CODE, f"error: {' '.join(message.split())} (see {self.prog} --help)\n")
 
 
 def _flag_type(kind, name):
@@ -332,24 +369,21 @@ def _flag_type(kind, name):
             return kind(text)
         except ValueError:
             what = {int: "an integer", float: "a number"}.get(kind, kind.__name__)
-            raise argparse.ArgumentTypeError(
-                f"Received: {name}={text!r}. Expected {what}.") from None
+            raise argparse.ArgumentTypeError(f"Received: {name}={text!r}. Expected {what}.") from None
     return parse
 
 
 def parse_config(config_cls, argv=None, description=None, prog=None):
-    """A `config_cls` from the command line (not validated yet); `--help`
-    lists every field with its help and default; a bad flag is one line
-    `error: ...` and exit 2."""
+    """A `config_cls` from the command line (not validated yet); `--help` lists
+    every field with its help and default; a bad flag is one line and exit 2."""
     parser = _OneLineParser(prog=prog, description=description or config_cls.__doc__,
                             epilog=_EPILOG if issubclass(config_cls, TrainingConfig) else None,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     hints = typing.get_type_hints(config_cls)
     for field in dataclasses.fields(config_cls):
-        kind = hints[field.name]
+        kind, help_text = hints[field.name], field.metadata.get("help", "")
         if typing.get_origin(kind) in (typing.Union, types.UnionType):
             kind = next(a for a in typing.get_args(kind) if a is not type(None))
-        help_text = field.metadata.get("help", "")
         if "default" not in help_text.lower():
             help_text += f" (default: {_shown(field.default)})"
         flag, help_text = f"--{field.name}", help_text.replace("%", "%%")
@@ -375,9 +409,7 @@ def load_config(config_cls, path):
     return config_cls(**values)
 
 
-# ---------------------------------------------------------------------------
-# JSON files
-# ---------------------------------------------------------------------------
+# --- JSON files ------------------------------------------------------------------
 
 
 def jsonable(value):
@@ -420,9 +452,7 @@ def save_results(workdir, results):
     return write_json(pathlib.Path(workdir) / RESULTS_FILE, results)
 
 
-# ---------------------------------------------------------------------------
-# Run directory
-# ---------------------------------------------------------------------------
+# --- Run directory -----------------------------------------------------------------
 
 
 def timestamp():
@@ -453,10 +483,12 @@ def new_run_dir(experiment, run_name=None, root="runs"):
             return parent / name
         except FileExistsError:
             continue
-    raise ValueError(
-        f"Received: run_name={run_name!r}, but {str(parent / run_name)!r} already "
-        f"exists. Expected a new run name (runs are never overwritten); pick "
-        f"another --run_name or delete that directory.")
+    raise ValueError(f"Received: run_name={run_name!r}, but {str(parent / run_name)!r} already "
+                     f"exists. {_NEVER}")
+
+
+_NEVER = ("Expected a new run name (runs are never overwritten); pick another "
+          "--run_name or delete that directory.")
 
 
 def _lock(workdir):
@@ -483,50 +515,51 @@ def read_backup(workdir):
     return None
 
 
-def open_run_dir(config):
-    """`(workdir, resumed, lock)`: a new run dir, or the unfinished training
-    run of the same settings under `--run_name`, to resume."""
+def open_run_dir(config, configurations=None):
+    """`(workdir, resumed, lock)`: a new run dir, or the unfinished run of the
+    same settings under `--run_name` (a sweep: `prepare_sweep_dir`, no lock)."""
     run_name = config.run_name
     if getattr(config, "strategy", None) == "multi-worker":
         kind, index, is_chief = multi_worker_task()
         run_name = run_name if is_chief else f"{run_name}.{kind}-{index}"
     path = pathlib.Path(config.workdir_root) / config.experiment / str(run_name)
+    if isinstance(config, SweepConfig):
+        ids = [cid for cid, _ in configurations(config)] if configurations else None
+        path = path if run_name and path.exists() else new_run_dir(
+            config.experiment, run_name, config.workdir_root)
+        return path, prepare_sweep_dir(str(path), config.experiment, config.fixed_settings(),
+                                       ids, {k: getattr(config, k) for k in config.sweep_axes}), None
     if run_name is None or not path.is_dir():
         workdir = new_run_dir(config.experiment, run_name, config.workdir_root)
         return workdir, False, _lock(workdir)
-    never = ("Expected a new run name (runs are never overwritten); pick another "
-             "--run_name or delete that directory.")
     saved = read_json(path / CONFIG_FILE)
     if (path / RESULTS_FILE).exists():
-        problem = f"already exists and is a finished run (it has {RESULTS_FILE}). {never}"
+        problem = f"already exists and is a finished run (it has {RESULTS_FILE}). {_NEVER}"
     elif not isinstance(config, TrainingConfig):
-        problem = f"already exists. {never}"
+        problem = f"already exists. {_NEVER}"
     elif read_backup(path) is None:
-        problem = ("already exists and has no backup to resume from (no epoch of "
-                   f"it finished). {never}")
+        problem = f"already exists and has no backup to resume from (no epoch of it finished). {_NEVER}"
     elif not isinstance(saved, dict):
-        problem = f"has no readable {CONFIG_FILE} to resume with. {never}"
+        problem = f"has no readable {CONFIG_FILE} to resume with. {_NEVER}"
     else:
         current = dataclasses.asdict(config)
-        differences = [
-            f"{k}: {saved.get(k)!r} there, {current.get(k)!r} now"
-            for k in sorted(set(current) | set(saved))
-            if k not in config.resume_ignores and saved.get(k) != current.get(k)]
-        problem = (f"holds an unfinished run with other settings "
-                   f"({'; '.join(differences)}). Expected the same command to "
-                   f"resume it, or a new --run_name.")
+        differences = [f"{k}: {saved.get(k)!r} there, {current.get(k)!r} now"
+                       for k in sorted(set(current) | set(saved))
+                       if k not in config.resume_ignores and saved.get(k) != current.get(k)]
+        problem = (f"holds an unfinished run with other settings ({'; '.join(differences)}). "
+                   f"Expected the same command to resume it, or a new --run_name.")
         if not differences:
             lock = _lock(path)  # checked first: a refused run creates no lock file
             if not (path / RESULTS_FILE).exists():
                 return path, True, lock
             lock.release()  # it finished while we were checking
-            problem = f"is a finished run. {never}"
+            problem = f"is a finished run. {_NEVER}"
     raise ValueError(f"Received: run_name={run_name!r}, but {str(path)!r} {problem}")
 
 
 def _remove_if_unused(workdir, created):
     """Removes a run dir holding only config.json and the lock, then the
-    folders above it this run created (deepest first) if left empty."""
+    folders above it this run created (`created`, deepest first) if empty."""
     if workdir is None or not workdir.is_dir():
         return
     entries = list(workdir.iterdir())
@@ -542,16 +575,6 @@ def _remove_if_unused(workdir, created):
             break
 
 
-def _missing_dirs(path):
-    """`path` and those of its parents that do not exist, deepest first."""
-    missing = []
-    for folder in (path, *path.parents):
-        if folder.exists() or folder.is_symlink():
-            break
-        missing.append(folder)
-    return missing
-
-
 def prog_name(fn):
     """`python -m experiments.<name>` for messages, from `fn`'s module."""
     module = getattr(fn, "__module__", "") or ""
@@ -560,24 +583,28 @@ def prog_name(fn):
     return f"python -m {module}" if module.startswith("experiments.") else None
 
 
-def run_main(train_and_evaluate, config_cls, argv=None):
-    """Parses and validates the flags, opens the run dir (new or resumed),
-    runs `train_and_evaluate(config, workdir)` and prints where the results
-    are. Bad settings or data: exit 2 (see the module doc); divergence:
-    exit 3 after results.json. Returns `(workdir, results)`."""
+def run_main(train_and_evaluate, config_cls, argv=None, configurations=None):
+    """Parses and validates the flags, opens the run dir (`open_run_dir`),
+    runs `train_and_evaluate(config, workdir)` and says where the results
+    are (exit status: module doc). `configurations(config) -> [(id, params)]`
+    lets a sweep that leaves out recorded ones be refused before anything
+    changes. Returns `(workdir, results)`."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     workdir, resumed, lock, created = None, False, None, []
     try:
         try:
             config = parse_config(config_cls, argv, prog=prog_name(train_and_evaluate))
             config.validate()
-            created = _missing_dirs(pathlib.Path(config.workdir_root) / config.experiment)
-            workdir, resumed, lock = open_run_dir(config)
-            if not resumed:
+            folder = pathlib.Path(config.workdir_root) / config.experiment
+            created = list(itertools.takewhile(  # the folders this run makes
+                lambda f: not (f.exists() or f.is_symlink()), (folder, *folder.parents)))
+            workdir, resumed, lock = open_run_dir(config, configurations)
+            sweep = isinstance(config, SweepConfig)
+            if sweep or not resumed:
                 write_json(workdir / CONFIG_FILE, dataclasses.asdict(config))
-            print(f"Resuming run in {workdir} from epoch {read_backup(workdir)['epoch']} "
-                  f"(its last backup)" if resumed else f"Run directory: {workdir}",
-                  flush=True)
+            print(f"Resuming sweep in {workdir}" if sweep and resumed else
+                  f"Resuming run in {workdir} from epoch {read_backup(workdir)['epoch']} "
+                  f"(its last backup)" if resumed else f"Run directory: {workdir}", flush=True)
             results = train_and_evaluate(config, workdir)
         except (DataError, FileNotFoundError) as err:
             if not resumed:
@@ -595,10 +622,10 @@ def run_main(train_and_evaluate, config_cls, argv=None):
     finally:
         if lock is not None:
             lock.release()
-    print(f"\nResults, checkpoint and plots: {workdir}/\n"
-          f"  results:     {workdir / RESULTS_FILE}\n"
-          f"  plots:       {workdir / PLOTS_DIR}/\n"
-          f"  TensorBoard: tensorboard --logdir {workdir / LOGS_DIR}")
+    print(f"\nResults and plots: {workdir}/\n  results:     {workdir / RESULTS_FILE}"
+          + (f" (table: {workdir / 'results.md'})" if sweep else "")
+          + f"\n  plots:       {workdir / PLOTS_DIR}/\n  TensorBoard: tensorboard --logdir "
+          + (f"{workdir}  (HParams tab: the sweep)" if sweep else str(workdir / LOGS_DIR)))
     if status == STATUS_DIVERGED:
         where = results["diverged_at"]
         kept = (f"best checkpoint {CHECKPOINT_FILE}" if results.get("checkpoint")
@@ -611,9 +638,7 @@ def run_main(train_and_evaluate, config_cls, argv=None):
     return workdir, results
 
 
-# ---------------------------------------------------------------------------
-# Training
-# ---------------------------------------------------------------------------
+# --- Training runs: history, results, plots ----------------------------------------
 
 
 def load_history(workdir):
@@ -627,11 +652,6 @@ def best_epoch(history, monitor="val_loss"):
     """1-based epoch with the lowest finite `monitor` value, or None."""
     values = [(v, i) for i, v in enumerate(history.get(monitor) or []) if math.isfinite(v)]
     return min(values)[1] + 1 if values else None
-
-
-# ---------------------------------------------------------------------------
-# Results, plots
-# ---------------------------------------------------------------------------
 
 
 def training_results(config, workdir, strategy, history, monitor, train_time, first_epoch):
@@ -699,51 +719,7 @@ def format_table(rows, headers):
     return lines[:1] + ["  ".join("-" * w for w in widths)] + lines[1:]
 
 
-# ---------------------------------------------------------------------------
-# Sweeps
-# ---------------------------------------------------------------------------
-
-MANIFEST, RESULT, CONFIGS_DIR = "sweep.json", "result.json", "configs"
-STATUSES, FINISHED = ("ok", "diverged", "crashed"), ("ok", "diverged")
-
-
-class SweepError(ValueError):
-    """A sweep cannot start (bad directory or settings); one-line message."""
-
-
-class Diverged(Exception):
-    """Raised by a configuration whose training became inf/NaN at `step`;
-    `metrics` measured before are kept in its record."""
-
-    def __init__(self, step, message="", metrics=None):
-        super().__init__(message or f"diverged at step {step}")
-        self.step, self.metrics = step, dict(metrics or {})
-
-
-def split_list(name, text, kind, minimum=None, choices=None):
-    """The items of a comma-separated flag (`"0.5,1,2"`) as `kind`, each
-    finite, >= minimum, one of `choices` and given once."""
-    what = {int: "integers", float: "numbers", str: "names"}[kind]
-    example = {int: "50,200", float: "0.5,1.0,2.0", str: "tanh,relu"}[kind]
-    values = []
-    for item in [i.strip() for i in str(text).split(",") if i.strip()] or [""]:
-        try:
-            value = kind(item) if item else None
-        except ValueError:
-            value = None
-        if value is None or (kind is float and not math.isfinite(value)):
-            problem = f"Expected a comma-separated list of finite {what}, e.g. --{name} {example}"
-        elif minimum is not None and value < minimum:
-            problem = f"Expected {what} >= {minimum}"
-        elif choices is not None and value not in choices:
-            problem = f"Expected items from {list(choices)}"
-        elif value in values:
-            problem = f"Got {item!r} twice; expected each value once"
-        else:
-            values.append(value)
-            continue
-        raise ValueError(f"Received: {name}={text!r} (item {item!r}). {problem}.")
-    return values
+# --- Sweeps: configurations recorded in configs/<id>/, run here or on dask ---------
 
 
 def make_config_id(params, keys, abbrev):
@@ -759,26 +735,15 @@ def _one_line(exc):
     return lines[0][:500]
 
 
-# ---------------------------------------------------------------------------
-# TensorBoard HParams, written without TensorFlow
-# ---------------------------------------------------------------------------
-
-
 def _write_events(logdir, summaries, suffix):
-    """Writes Summary protos to a new event file (TensorBoard's own record
-    writer on a plain file: its EventFileWriter would import TensorFlow)."""
+    """Summary protos in a new event file (TensorBoard's writer, no TensorFlow)."""
     from tensorboard.compat.proto import event_pb2
-    from tensorboard.summary.writer.record_writer import RecordWriter
+    from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
-    os.makedirs(logdir, exist_ok=True)
-    name = (f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}."
-            f"{os.getpid()}.{uuid.uuid4().hex[:8]}{suffix}")
-    with open(os.path.join(logdir, name), "wb") as f:
-        writer = RecordWriter(f)
-        events = [event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2")]
-        events += [event_pb2.Event(wall_time=time.time(), step=0, summary=s) for s in summaries]
-        for event in events:
-            writer.write(event.SerializeToString())
+    writer = EventFileWriter(logdir, filename_suffix=f".{uuid.uuid4().hex[:8]}{suffix}")
+    for summary in summaries:
+        writer.add_event(event_pb2.Event(wall_time=time.time(), step=0, summary=summary))
+    writer.close()
 
 
 def _hparam(value):
@@ -808,19 +773,13 @@ def write_hparams_run(config_dir, config_id, params, record):
     from tensorboard.compat.proto import summary_pb2
     from tensorboard.plugins.hparams import summary_v2 as hp
 
-    scalars = {k: float(v) for k, v in record["metrics"].items()
-               if isinstance(v, (int, float)) and math.isfinite(v)}
+    scalars = {k: float(v) for k, v in record["metrics"].items() if finite(v)}
     if record["status"] != "crashed":
         scalars["diverged"] = float(record["status"] == "diverged")
     _write_events(config_dir, [hp.hparams_pb({k: _hparam(v) for k, v in params.items()},
                                              trial_id=config_id)] + [
         summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=k, simple_value=v)])
         for k, v in scalars.items()], ".hparams")
-
-
-# ---------------------------------------------------------------------------
-# Sweep directory
-# ---------------------------------------------------------------------------
 
 
 def config_dir_of(sweep_dir, config_id):
@@ -835,14 +794,13 @@ def _record(sweep_dir, config_id):
 def recorded_config_ids(sweep_dir):
     """Ids with a result.json (any status; not an interrupted attempt)."""
     root = os.path.join(sweep_dir, CONFIGS_DIR)
-    names = sorted(os.listdir(root)) if os.path.isdir(root) else []
-    return [name for name in names if _record(sweep_dir, name)]
+    return [n for n in (sorted(os.listdir(root)) if os.path.isdir(root) else [])
+            if _record(sweep_dir, n)]
 
 
 def check_covers_recorded(sweep_dir, config_ids, axes=None):
     """`SweepError` if a configuration recorded in `sweep_dir` is not among
-    `config_ids`; the message names the changed swept `axes` (`{flag:
-    value}`) against the dir's config.json."""
+    `config_ids`, naming the changed swept `axes` (`{flag: value}`)."""
     left_out = sorted(set(recorded_config_ids(sweep_dir)) - set(config_ids))
     if not left_out:
         return
@@ -860,9 +818,8 @@ def check_covers_recorded(sweep_dir, config_ids, axes=None):
 
 def prepare_sweep_dir(sweep_dir, experiment, settings, config_ids=None, axes=None):
     """Creates the manifest of a new sweep dir (returns False) or checks an
-    existing one for resuming (returns True); `SweepError` if it is not a
-    sweep of `experiment`, has other settings, or holds recorded
-    configurations outside `config_ids`."""
+    existing one for resuming (returns True): `SweepError` if it is no sweep
+    of `experiment`, has other settings or leaves out recorded configurations."""
     path, settings = os.path.join(sweep_dir, MANIFEST), jsonable(settings)
     if not (os.path.isdir(sweep_dir) and os.listdir(sweep_dir)):
         os.makedirs(os.path.join(sweep_dir, CONFIGS_DIR), exist_ok=True)
@@ -888,8 +845,10 @@ def prepare_sweep_dir(sweep_dir, experiment, settings, config_ids=None, axes=Non
 
 
 def execute_config(fn, config_id, params, config_dir):
-    """Runs one configuration (in this process or on a dask worker), stores
-    and returns its record; never raises for the configuration's own errors."""
+    """Runs `fn(params, config_dir) -> metrics` for one configuration (here or
+    on a dask worker) and stores its record: "ok", "diverged" (`Diverged`,
+    or `{"status": "diverged", "diverged_step": step}`) or "crashed" with the
+    one-line error (traceback.txt); never raises for the configuration's errors."""
     shutil.rmtree(config_dir, ignore_errors=True)  # an interrupted attempt's leftovers
     os.makedirs(config_dir)
     record = {"config_id": config_id, "params": dict(params), "status": "ok",
@@ -897,9 +856,8 @@ def execute_config(fn, config_id, params, config_dir):
     start = time.perf_counter()
     try:
         metrics = dict(fn(dict(params), config_dir) or {})
-        record.update(status=metrics.pop("status", "ok"),
-                      diverged_step=metrics.pop("diverged_step", None),
-                      error=metrics.pop("error", None), metrics=metrics)
+        record.update(status=metrics.pop("status", "ok"), error=metrics.pop("error", None),
+                      diverged_step=metrics.pop("diverged_step", None), metrics=metrics)
     except Diverged as exc:
         record.update(status="diverged", diverged_step=exc.step, error=str(exc),
                       metrics=exc.metrics)
@@ -922,34 +880,31 @@ def _dask_client(workers, threads, scheduler):
         try:
             return Client(scheduler, timeout="30s")
         except (OSError, TimeoutError) as err:
-            raise DataError(
-                f"Received: scheduler={scheduler!r} ({_one_line(err)}). Expected the "
-                f"address of a running dask scheduler.") from None
+            raise DataError(f"Received: scheduler={scheduler!r} ({_one_line(err)}). Expected "
+                            f"the address of a running dask scheduler.") from None
     threads = str(threads or max(1, (os.cpu_count() or 1) // workers))
     env = {"TF_NUM_INTRAOP_THREADS": threads, "TF_NUM_INTEROP_THREADS": threads,
            "OMP_NUM_THREADS": threads, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                           host="127.0.0.1", scheduler_kwargs={"dashboard": False}, env=env,
-                           silence_logs=logging.ERROR)
-    return Client(cluster)
+    return Client(LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                               host="127.0.0.1", scheduler_kwargs={"dashboard": False},
+                               env=env, silence_logs=logging.ERROR))
 
 
 def run_sweep(sweep_dir, configs, fn, *, workers=1, threads=0, scheduler=None,
               metric_names=(), progress=True, label="sweep"):
-    """Runs the configurations not finished in `sweep_dir` (in order of
-    `configs`, see the module doc for where) and returns every record:
-    config_id, params, status, diverged_step, error, metrics, wall_s, skipped."""
+    """Runs the `(config_id, params)` of `configs` not finished in `sweep_dir`
+    (`execute_config`): in this process, on a LocalCluster of `workers`, or on
+    the dask `scheduler`, whose workers import `experiments` and see the dir at
+    the same absolute path. Every configuration seeds itself, so where does not
+    change the results. Returns every record (with `skipped`), in order."""
     sweep_dir = os.path.abspath(sweep_dir)  # dask workers may start elsewhere
     ids = [cid for cid, _ in configs]
     if len(set(ids)) != len(ids):
         raise SweepError(f"Duplicate configuration ids: {sorted({c for c in ids if ids.count(c) > 1})}.")
     check_covers_recorded(sweep_dir, ids)
     write_hparams_config(sweep_dir, [p for _, p in configs], metric_names)
-    records = {}
-    for cid, _ in configs:
-        done = _record(sweep_dir, cid)
-        if done is not None and done["status"] in FINISHED:
-            records[cid] = {**done, "skipped": True}
+    records = {cid: {**done, "skipped": True} for cid, done in (
+        (cid, _record(sweep_dir, cid)) for cid in ids) if done and done["status"] in FINISHED}
     todo = [(cid, params) for cid, params in configs if cid not in records]
     if progress and records:
         print(f"{label}: {len(records)} of {len(configs)} configurations finished before, skipped")
@@ -995,55 +950,7 @@ def summarize(records):
     return {**counts, "skipped": sum(bool(r.get("skipped")) for r in records)}
 
 
-# ---------------------------------------------------------------------------
-# Command line
-# ---------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class SweepConfig(BaseConfig):
-    """Settings of every sweep; a subclass names its `sweep_axes`, the
-    comma-separated list fields that span the sweep."""
-
-    sweep_axes: ClassVar[tuple] = ()
-    # Fields that change where and how, not what, is computed.
-    execution_fields: ClassVar[tuple] = ("workers", "threads", "scheduler", "verbose",
-                                         "run_name", "workdir_root")
-
-    # 1 runs the configurations one after another in this process.
-    workers: int = option(1, "Worker processes of a local dask cluster for the "
-                          "configurations; 1 runs them in this process.")
-    # 0: cpu_count // workers threads for TensorFlow in each worker.
-    threads: int = option(0, "TensorFlow threads per local worker (0: cpu_count // workers).")
-    # An existing dask cluster instead of a local one.
-    scheduler: typing.Optional[str] = option(
-        None, "Address of a running dask scheduler, e.g. tcp://10.0.0.5:8786, whose "
-        "workers run the configurations (they must see the run dir at the same path).")
-    run_name: typing.Optional[str] = option(
-        None, "Name of the run directory (default: UTC start time). Reusing the name of "
-        "an earlier run of this sweep resumes it: finished configurations are skipped; "
-        "the swept values may add configurations but not leave out recorded ones.")
-    # Keras' own per-epoch output is always off in a sweep.
-    verbose: int = option(1, "0: silent; 1 or 2: one progress line per finished "
-                          "configuration.", choices=(0, 1, 2))
-
-    def validate(self):
-        super().validate()
-        check_int("workers", self.workers, example=2)
-        check_int("threads", self.threads, minimum=0)
-        if self.scheduler is not None and not re.fullmatch(r"\w+://\S+:\d+", self.scheduler):
-            raise ValueError(f"Received: scheduler={self.scheduler!r}. Expected a dask "
-                             f"scheduler address, e.g. --scheduler tcp://127.0.0.1:8786.")
-
-    def fixed_settings(self):
-        """The settings that must match when a sweep is resumed."""
-        skip = set(self.execution_fields) | set(self.sweep_axes)
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
-
-    def sweep(self, workdir, configs, fn, metric_names):
-        return run_sweep(str(workdir), configs, fn, workers=self.workers, threads=self.threads,
-                         scheduler=self.scheduler, metric_names=metric_names,
-                         progress=self.verbose > 0, label=self.experiment)
+# --- Sweep reports: results.json, results.md, multi-panel plots ---------------------
 
 
 def results_of(experiment, records, wall_s, **extra):
@@ -1073,34 +980,16 @@ def save_report(workdir, results, md, verbose):
     return results
 
 
-def run_sweep_main(train_and_evaluate, config_cls, argv=None, configurations=None):
-    """`run_main` for sweeps: the same flags and errors, and resuming
-    (see the module doc). `configurations(config) -> [(id, params)]` lets a
-    rerun that leaves out recorded ones be refused before anything changes.
-    Returns `(workdir, results)`."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    try:
-        config = parse_config(config_cls, argv, prog=prog_name(train_and_evaluate))
-        config.validate()
-        ids = [cid for cid, _ in configurations(config)] if configurations else None
-        path = pathlib.Path(config.workdir_root) / config.experiment / str(config.run_name)
-        axes = {k: getattr(config, k) for k in config.sweep_axes}
-        if config.run_name is None or not path.exists():
-            path = new_run_dir(config.experiment, config.run_name, config.workdir_root)
-        resumed = prepare_sweep_dir(str(path), config.experiment, config.fixed_settings(),
-                                    ids, axes)
-        write_json(path / CONFIG_FILE, dataclasses.asdict(config))
-    except (ValueError, FileNotFoundError) as err:
-        fail(err)
-    print(f"{'Resuming sweep in' if resumed else 'Run directory:'} {path}", flush=True)
-    try:
-        results = train_and_evaluate(config, path)
-    except (DataError, FileNotFoundError) as err:
-        fail(err)
-    print(f"\nResults and plots: {path}/\n  results:     {path / RESULTS_FILE} "
-          f"(table: {path / 'results.md'})\n  plots:       {path / PLOTS_DIR}/\n"
-          f"  TensorBoard: tensorboard --logdir {path}  (HParams tab: the sweep)")
-    return path, results
+def rows_of(records):
+    """One flat table row per record: id, params, status, metrics."""
+    return [{"config_id": r["config_id"], **r["params"], "status": r["status"],
+             "diverged_step": r.get("diverged_step"), "error": r.get("error"),
+             "wall_s": r.get("wall_s"), **(r.get("metrics") or {})} for r in records]
+
+
+def finite(value):
+    """Whether a row's value is a finite number (missing ones are None)."""
+    return isinstance(value, (int, float)) and math.isfinite(value)
 
 
 def fmt(value, digits=3):
@@ -1112,30 +1001,11 @@ def fmt(value, digits=3):
     return str(value)
 
 
-def rows_of(records):
-    """One flat table row per record: id, params, status, metrics."""
-    return [{"config_id": r["config_id"], **r["params"], "status": r["status"],
-             "diverged_step": r.get("diverged_step"), "error": r.get("error"),
-             "wall_s": r.get("wall_s"), **(r.get("metrics") or {})} for r in records]
-
-
 def status_text(row):
     """`ok`, `diverged@<step>` or `crashed: <error>` for the report tables."""
     if row["status"] == "diverged":
         return f"diverged@{row['diverged_step']}"
     return row["status"] + (f": {row.get('error')}" if row["status"] == "crashed" else "")
-
-
-
-
-# ---------------------------------------------------------------------------
-# Reports: markdown tables and multi-panel plots from the rows
-# ---------------------------------------------------------------------------
-
-
-def finite(value):
-    """Whether a row's value is a finite number (missing ones are None)."""
-    return isinstance(value, (int, float)) and math.isfinite(value)
 
 
 def log_crossing(xs, ys, level=1.0):
@@ -1157,8 +1027,7 @@ def index_rows(rows, keys):
 
 
 def group_rows(rows, keys, order):
-    """`{(row[k] for k in keys): [rows sorted by row[order]]}`, the groups in
-    the order of the rows (configuration order)."""
+    """`{(row[k] for k in keys): [rows sorted by row[order]]}`, groups in row order."""
     groups = {}
     for row in rows:
         groups.setdefault(tuple(row[k] for k in keys), []).append(row)
@@ -1166,8 +1035,8 @@ def group_rows(rows, keys, order):
 
 
 def md_table(header, lines, align):
-    """A markdown table: the `header` cells, then a line per list of cells;
-    `align` has an "l" or "r" per column."""
+    """A markdown table: `header` cells, a line per list of cells; `align`
+    has an "l" or "r" per column."""
     def line(cells):
         return "| " + " | ".join(str(c) for c in cells) + " |"
 
@@ -1176,7 +1045,6 @@ def md_table(header, lines, align):
 
 
 def md_section(title, *lines):
-    """A `## title` section of a report: its lines after a blank line."""
     return ["", f"## {title}", "", *lines]
 
 
@@ -1191,29 +1059,24 @@ def configs_section(rows, columns):
 
 
 def md_report(title, lines):
-    """The text of results.md: `# title` and the lines."""
     return "\n".join([f"# {title}", "", *lines]) + "\n"
 
 
 def config_profile(workdir, config_id, path, key=None, read=None):
-    """What a configuration wrote at `path` in its dir: `read(file)`, or the
-    array `key` of an NPZ file; None when the file or key is absent (a
-    configuration that crashed before writing it)."""
+    """What a configuration wrote at `path`: `read(file)`, or the array `key`
+    of an NPZ file; None when file or key is absent (it crashed before)."""
     file = os.path.join(config_dir_of(str(workdir), config_id), path)
     if not os.path.exists(file):
         return None
     if read is not None:
         return read(file)
-    import numpy as np
-
     with np.load(file) as arrays:
         return np.asarray(arrays[key]) if key in arrays.files else None
 
 
 def plot_panels(png, row_keys, col_keys, draw, panel_size, legend_ncols=0):
-    """A figure of a panel per (row key, column key), `draw(ax, row_key,
-    col_key)` filling each, saved to `png` (returned). With `legend_ncols`,
-    one legend below all panels from the labels of the first."""
+    """A figure of a panel per (row key, column key) filled by `draw(ax, row_key,
+    col_key)`, saved to `png`; with `legend_ncols`, one legend below all panels."""
     from matplotlib.figure import Figure
 
     width, height = panel_size[0] * len(col_keys), panel_size[1] * len(row_keys)
@@ -1231,12 +1094,9 @@ def plot_panels(png, row_keys, col_keys, draw, panel_size, legend_ncols=0):
 
 
 def steps_back_panel(ax, title, curves):
-    """Per-step profiles (one value per step, e.g. mean ||dL/dh_t||) against
-    the steps back from the last step, log y, their positive finite values:
-    `curves` is `[(profile or None, label, style)]`; one with nothing to draw
-    keeps its label in the legend (dotted, no points)."""
-    import numpy as np
-
+    """Per-step profiles (e.g. mean ||dL/dh_t||) against steps back from the
+    last step, log y: `curves` is `[(profile or None, label, style)]`; one
+    with nothing to draw keeps its label in the legend (dotted)."""
     for profile, label, style in curves:
         ok = np.zeros(0, bool) if profile is None else np.isfinite(profile) & (profile > 0)
         if ok.any():
@@ -1256,3 +1116,6 @@ def log_log_axes(ax, ticks, **labels):
     ax.set_xticks(ticks, [f"{t:g}" for t in ticks], fontsize=7)
     ax.minorticks_off()
     ax.grid(True, which="major", alpha=0.3)
+
+
+run_sweep_main = run_main  # noqa: E305 (until the sweeps call run_main)
