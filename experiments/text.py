@@ -230,10 +230,11 @@ def train_and_evaluate(config, workdir):
         config, lambda: build_model(config, vocab.size), strategy,
         {"loss": keras.losses.SparseCategoricalCrossentropy(from_logits=True)})
     (workdir / "vocab.json").write_text(vocab.to_json() + "\n", encoding="utf-8")
-    print(f"Text: {info['source']}, {info['chars_used']:,} of {info['chars_total']:,} "
-          f"characters, vocabulary {vocab.size}; {info['train_windows']:,} training and "
-          f"{info['validation_windows']:,} validation windows of {config.seq_len}; "
-          f"{strategy.num_replicas_in_sync} replica(s).")
+    if config.verbose:  # 0: silent, as Keras' verbose=0
+        print(f"Text: {info['source']}, {info['chars_used']:,} of {info['chars_total']:,} "
+              f"characters, vocabulary {vocab.size}; {info['train_windows']:,} training and "
+              f"{info['validation_windows']:,} validation windows of {config.seq_len}; "
+              f"{strategy.num_replicas_in_sync} replica(s).")
     # Fixed windows for the gradient norms and the train-loss estimate.
     rng = np.random.default_rng(config.seed)
     grad_rows = rng.choice(len(x_train), min(config.batch_size, len(x_train)), False)
@@ -269,7 +270,7 @@ def train_and_evaluate(config, workdir):
         if prepared["prompt_note"]:
             results["sample"]["prompt_note"] = prepared["prompt_note"]
     common.save_results(workdir, results)
-    if monitor.diverged is None:
+    if monitor.diverged is None and config.verbose:
         _print_summary(results)
     return results
 

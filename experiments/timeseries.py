@@ -199,10 +199,11 @@ def train_and_evaluate(config, workdir):
     model = training.build_trained_model(config, lambda: build_model(config), strategy,
                                           {"loss": "mse", "metrics": ["mae"]})
     (workdir / "scaler.json").write_text(scaler.to_json() + "\n", encoding="utf-8")
-    print(f"Series: {meta['name']} ({meta['column']}), {meta['n']} values, modelling its "
-          f"{meta['modelled']}; windows train/validation/test = {meta['train_windows']}/"
-          f"{meta['validation_windows']}/{meta['test_windows']} (window {config.window}, "
-          f"horizon {config.horizon}); {strategy.num_replicas_in_sync} replica(s).")
+    if config.verbose:  # 0: silent, as Keras' verbose=0
+        print(f"Series: {meta['name']} ({meta['column']}), {meta['n']} values, modelling its "
+              f"{meta['modelled']}; windows train/validation/test = {meta['train_windows']}/"
+              f"{meta['validation_windows']}/{meta['test_windows']} (window {config.window}, "
+              f"horizon {config.horizon}); {strategy.num_replicas_in_sync} replica(s).")
     rng = np.random.default_rng(config.seed)
     grad_rows = rng.choice(len(x_train), min(config.batch_size, len(x_train)), False)
     monitor, first_epoch, train_time = training.fit_resumable(
@@ -238,7 +239,7 @@ def train_and_evaluate(config, workdir):
                       forecasts, f"{meta['name']}: test split, 1-step-ahead forecasts",
                       meta["column"])
     common.save_results(workdir, results)
-    if monitor.diverged is None:
+    if monitor.diverged is None and config.verbose:
         test = results["test"]
         rows = [(k.replace("_", " "), *(("n/a", "n/a") if test[k] is None else (
             f"{test[k]['mse']:.4g}", f"{test[k]['mae']:.4g}")))

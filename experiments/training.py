@@ -1,11 +1,7 @@
-"""The Keras and TensorFlow side of the experiments: tf.distribute
-strategies, the optimizer, the seeded batch stream, the callbacks and `fit`
-as a resumable run.
-
-Imported once training starts (it imports TensorFlow), so that parsing and
-validation stay fast; `experiments.common` has the run directory these
-write into.
-"""
+"""The Keras side of the experiments: tf.distribute strategies, the
+optimizer, the seeded batch stream, the callbacks and `fit` as a resumable
+run. Imported once training starts; `experiments.common` (no TensorFlow)
+has the run directory these write into."""
 
 import functools
 import math
@@ -314,15 +310,6 @@ class BestModelCheckpoint(keras.callbacks.ModelCheckpoint):
             os.replace(partial, final)
 
 
-class _SleepAfterBatch(keras.callbacks.Callback):
-    def __init__(self, seconds):
-        super().__init__()
-        self.seconds = seconds
-
-    def on_train_batch_end(self, batch, logs=None):
-        time.sleep(self.seconds)
-
-
 def logging_callbacks(workdir, grad_batch, every_n_batches, resume=False):
     """TensorBoard in `<workdir>/logs` and, for a model with a VanillaRNN
     layer, the per-timestep BPTT gradient norms on `grad_batch` there."""
@@ -336,16 +323,11 @@ def logging_callbacks(workdir, grad_batch, every_n_batches, resume=False):
 
 def fit_resumable(model, workdir, config, train, validation, *, steps_per_epoch,
                   validation_batch_size, grad_rows, whole_passes=False):
-    """`model.fit` as a resumable, divergence-checked training run.
-
-    The batches are `shuffled_batch_indices` of (seed, batch number), from the
-    restored epoch on; callbacks: `RunBackup`, `DivergenceMonitor`,
-    TensorBoard, gradient norms on the training rows `grad_rows`, the best
-    checkpoint (its threshold: the best kept epoch) and `EpochHistory`.
-
-    Returns:
-        `(monitor, first_epoch, train_time_s)`; `first_epoch > 0` if resumed.
-    """
+    """`model.fit` as a resumable, divergence-checked run on the batches
+    `shuffled_batch_indices` from the restored epoch on, with RunBackup,
+    DivergenceMonitor, TensorBoard, gradient norms on the rows `grad_rows`,
+    the best checkpoint and EpochHistory. Returns `(monitor, first_epoch,
+    train_time_s)`; `first_epoch > 0` if resumed."""
     x, y = train
     monitor = DivergenceMonitor()
     backup = RunBackup(workdir, monitor)
@@ -358,7 +340,9 @@ def fit_resumable(model, workdir, config, train, validation, *, steps_per_epoch,
                             min(kept) if kept else None),
         EpochHistory(workdir, backup)]
     if os.environ.get(common.TEST_BATCH_SLEEP_ENV):
-        callbacks.append(_SleepAfterBatch(float(os.environ[common.TEST_BATCH_SLEEP_ENV])))
+        seconds = float(os.environ[common.TEST_BATCH_SLEEP_ENV])
+        callbacks.append(keras.callbacks.LambdaCallback(
+            on_train_batch_end=lambda batch, logs: time.sleep(seconds)))
     start = time.perf_counter()
     if first_epoch < config.epochs:
         batches = shuffled_batch_indices(

@@ -73,6 +73,11 @@ def test_rerun_reuses_finished_gains_and_adds_new_ones(study, capsys):
                                   "--gains", "0.5,1,3,0.8"])
     assert again["counts"]["skipped"] == 3 and len(again["rows"]) == 4
     assert [r["bpc"] for r in again["rows"][:3]] == [r["bpc"] for r in first["rows"]]
+    # --verbose 0: the new gain's text run reports nothing; only where the
+    # results are (the command's own two lines) is printed.
+    printed = capsys.readouterr().out
+    assert "Text:" not in printed and "Best epoch" not in printed and "Sample" not in printed
+    assert "Resuming sweep in" in printed and "results.json" in printed
 
 
 def test_a_diverging_gain_is_recorded_and_the_study_goes_on(tmp_path):
