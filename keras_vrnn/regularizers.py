@@ -5,6 +5,7 @@ from keras import ops
 from keras.src import backend as keras_backend  # `rnn` loop, as RNN uses it
 
 from keras_vrnn import diagnostics
+from keras_vrnn import fused
 from keras_vrnn import probe as probe_lib
 
 
@@ -108,6 +109,8 @@ def omega_value(rnn, sequences, h0, d):
     (batch, T, units; input time), as a function of `W_hh` alone."""
     import tensorflow as tf
 
+    from keras_vrnn import fused_tf  # TensorFlow's kernels: Omega is TensorFlow only
+
     cell, recurrent = rnn.cell, rnn.cell.recurrent_kernel.value
     xs, d = (ops.flip(sequences, 1), ops.flip(d, 1)) if rnn.go_backwards else (sequences, d)
     xw = ops.stop_gradient(ops.matmul(xs, cell.kernel) + (0 if cell.bias is None else cell.bias))
@@ -116,7 +119,10 @@ def omega_value(rnn, sequences, h0, d):
         h = cell.activation(x_t + ops.matmul(states[0], recurrent))
         return h, [h]
 
-    hs = ops.stop_gradient(keras_backend.rnn(step, xw, [h0], return_all_outputs=True)[1])
+    name, bias = fused.activation_name(cell.activation), cell.bias
+    hs = ops.stop_gradient(fused_tf.recurrence_from_inputs(  # native kernels, as the layer
+        xs, cell.kernel.value, bias if bias is None else bias.value, h0, recurrent, name)
+        if name else keras_backend.rnn(step, xw, [h0], return_all_outputs=True)[1])
     with tf.GradientTape(watch_accessed_variables=False) as tape:  # act'(z), any activation
         z = xw[:, 1:] + ops.matmul(hs[:, :-1], recurrent)  # z_{k+1}, k = 1 .. T-1
         tape.watch(z)
