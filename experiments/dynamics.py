@@ -1,22 +1,10 @@
 """Why vanilla RNNs forget: recurrent gain x activation x sequence length.
 
-BPTT multiplies the gradient, per step back, by `diag(act'(z_t)) W_hh^T`: the
-per-step `factor` of ||dL/dh_t|| (MSE at the last step only) is near rho(W_hh)
-* mean|act'(z)| (< 1 vanishing, > 1 exploding), and log(factor) near lambda_1,
-the top Lyapunov exponent of the forward dynamics. W_hh = `ScaledOrthogonal(g)`;
-on `eval_samples` fixed sequences, at initialisation and after `train_steps`
-Adam steps, the sweep measures `factor`, `horizon`, `lyapunov` (lambda_1, nats
-per step), both theories and the float64 `jacobian_factor` of ||dh_T/dh_t||
-(finite where float32 overflows: "diverged" at step 0).
+Sweeps W_hh = `ScaledOrthogonal(g)` over gains, activations and lengths, measuring the per-step
+factor of ||dL/dh_t||, lambda_1 and rho * mean|act'(z)| at initialisation and after training
+(docs/results.md defines each); outputs in runs/dynamics/<run_name>/ (resumable).
 
-    python -m experiments.dynamics                # defaults: 64 configs, ~2 min of CPU
-    python -m experiments.dynamics --workers 2    # on a local dask cluster
-    python -m experiments.dynamics --gains 0.9,1.1 --activations tanh --lengths 100
-    python -m experiments.dynamics --help         # every setting
-
-Outputs in runs/dynamics/<run_name>/ (resumable, see `experiments.common`):
-results.json, results.md, plots/ (norms_vs_steps_back_T<T>.png,
-factor_vs_gain.png), configs/<id>/ (result.json, norms.npz, logs/, HParams).
+    python -m experiments.dynamics [--help]   # defaults: 64 configs, ~2 min of CPU
 """
 
 import dataclasses
@@ -32,9 +20,7 @@ import numpy as np
 from experiments import common
 from experiments.common import finite, fmt, option
 
-LAYER = "rnn"
-HORIZON_THRESHOLD = 1e-3
-JACOBIAN_SAMPLES = 8
+LAYER, HORIZON_THRESHOLD, JACOBIAN_SAMPLES = "rnn", 1e-3, 8
 PHASES = (("init", "at initialisation"), ("trained", "after training"))
 GRID = ("T", "activation", "gain")
 METRIC_NAMES = (*(f"{p}_{k}" for p in ("init", "trained") for k in (
@@ -93,8 +79,7 @@ class Config(common.SweepConfig):
 
 
 def make_task(n, T, seed, input_scale=1.0, target_steps=1):
-    """Inputs `(n, T, 1)` ~ N(0, input_scale^2) and targets `(n, 1)`, the mean of the
-    first `target_steps` inputs; seeded by `(seed, T)`."""
+    """x `(n, T, 1)` ~ N(0, input_scale^2) seeded by `(seed, T)`, y = x[:, :target_steps] mean."""
     x = (np.random.default_rng([seed, T]).standard_normal((n, T, 1)) * input_scale)
     return x.astype(np.float32), x[:, :target_steps, 0].mean(1, keepdims=True).astype(np.float32)
 
@@ -103,8 +88,7 @@ _DERIVATIVES = {  # act(z) and act'(z) given z and a = act(z)
     "tanh": (np.tanh, lambda z, a: 1.0 - a * a),
     "sigmoid": (lambda z: 0.5 * (1.0 + np.tanh(0.5 * z)), lambda z, a: a * (1.0 - a)),
     "relu": (lambda z: np.maximum(z, 0.0), lambda z, a: (z > 0).astype(np.float64)),
-    "linear": (lambda z: z, lambda z, a: np.ones_like(z)),
-}
+    "linear": (lambda z: z, lambda z, a: np.ones_like(z))}
 
 
 def activation_derivative_stats(x, kernel, recurrent_kernel, bias=None, activation="tanh"):
@@ -122,11 +106,10 @@ def activation_derivative_stats(x, kernel, recurrent_kernel, bias=None, activati
 
 
 def measure(model, x, y, activation):
-    """`(metrics, profiles)` on `(x, y)`: the module doc's scalars; per-step norm arrays."""
+    """`(metrics, profiles)` on `(x, y)`: factor, lyapunov, theories...; per-step norms."""
     import keras_vrnn as kv
 
-    layer = model.get_layer(LAYER)
-    norms = kv.timestep_gradient_norms(model, x, y)[LAYER]
+    layer, norms = model.get_layer(LAYER), kv.timestep_gradient_norms(model, x, y)[LAYER]
     ok, stats = bool(np.isfinite(norms).all()), kv.recurrent_kernel_stats(layer)
     rho, factor = float(stats["spectral_radius"]), kv.fit_decay_factor(norms) if ok else math.nan
     mean_abs, rms = activation_derivative_stats(x, *layer.get_weights(), activation=activation)
@@ -147,8 +130,7 @@ def measure(model, x, y, activation):
 
 @functools.lru_cache(maxsize=1)
 def build_model(activation, T, units, learning_rate, clipnorm):
-    """VanillaRNN -> Dense(1), Adam, MSE (weights: `initialize`); one per process,
-    reused while consecutive configurations share its shape (the gains of a row)."""
+    """VanillaRNN -> Dense(1), Adam, MSE (weights: `initialize`), reused per shape."""
     import keras
 
     import keras_vrnn
@@ -166,8 +148,6 @@ def build_model(activation, T, units, learning_rate, clipnorm):
 
 def initialize(model, gain, seed, learning_rate):
     """ScaledOrthogonal W_hh, Glorot kernels, zero biases, zeroed optimizer: as if new."""
-    import keras
-
     import keras_vrnn
 
     rng, layer = np.random.default_rng([seed, 7]), model.get_layer(LAYER)
@@ -177,12 +157,10 @@ def initialize(model, gain, seed, learning_rate):
 
     units, features = layer.cell.units, layer.cell.kernel.shape[0]
     recurrent = keras_vrnn.initializers.ScaledOrthogonal(gain=gain, seed=seed)((units, units))
-    layer.set_weights([glorot((features, units)), keras.ops.convert_to_numpy(recurrent),
-                       np.zeros(units)])
+    layer.set_weights([glorot((features, units)), np.asarray(recurrent), np.zeros(units)])
     model.get_layer("out").set_weights([glorot((units, 1)), np.zeros(1)])
-    for variable in model.optimizer.variables:
-        variable.assign(learning_rate if variable.name == "learning_rate"
-                        else np.zeros(variable.shape, variable.dtype))
+    for v in model.optimizer.variables:
+        v.assign(learning_rate if v.name == "learning_rate" else np.zeros(v.shape, v.dtype))
 
 
 def run_config(params, config_dir, settings):
@@ -191,15 +169,14 @@ def run_config(params, config_dir, settings):
     from experiments import training
 
     logging.getLogger("tensorflow").setLevel(logging.ERROR)  # retracing notes
-    task = functools.partial(make_task, T=T, input_scale=s["input_scale"],
-                             target_steps=s["target_steps"])
+    task = functools.partial(make_task, T=T, **{k: s[k] for k in ("input_scale", "target_steps")})
     eval_data, result, npz = task(s["eval_samples"], seed=s["seed"] + 1), {}, {}
     model = build_model(activation, T, s["units"], s["learning_rate"], s["clipnorm"])
     initialize(model, gain, s["seed"], s["learning_rate"])
 
-    def measured(phase):  # whether the gradient norms are finite
+    def measured(phase, **extra):  # whether the gradient norms are finite
         metrics, profiles = measure(model, *eval_data, activation)
-        result.update({f"{phase}_{k}": v for k, v in metrics.items()})
+        result.update(extra | {f"{phase}_{k}": v for k, v in metrics.items()})
         npz.update({f"{phase}_{k}": v for k, v in profiles.items()})
         return metrics["finite"]
 
@@ -210,11 +187,9 @@ def run_config(params, config_dir, settings):
         result["train_steps_done"] = monitor.steps_done
         if monitor.diverged is not None:
             status, step, phase = "diverged", monitor.diverged["step"] + 1, "train"
-        else:
-            result.update(final_train_loss=history["loss"][-1],
-                          final_eval_loss=history["val_loss"][-1])
-            if not measured("trained"):
-                status, step, phase = "diverged", monitor.steps_done, "trained-gradients"
+        elif not measured("trained", final_train_loss=history["loss"][-1],
+                          final_eval_loss=history["val_loss"][-1]):
+            status, step, phase = "diverged", monitor.steps_done, "trained-gradients"
     result["target_variance"] = float(np.var(eval_data[1]))  # the trivial predictor's loss
     np.savez(os.path.join(config_dir, "norms.npz"), **npz)
     return {**result, "status": status, "diverged_step": step, "diverged_phase": phase}
@@ -222,8 +197,7 @@ def run_config(params, config_dir, settings):
 
 def configurations(config):
     """`[(config_id, params)]` in table order: T, activation, gain."""
-    return [(common.make_config_id(p, ["activation", "gain", "T"],
-                                  {"activation": "", "gain": "g", "T": "T"}), p)
+    return [(common.make_config_id(p, list(p), {"activation": "", "gain": "g", "T": "T"}), p)
             for T in config.length_list() for activation in config.activation_list()
             for p in ({"activation": activation, "gain": g, "T": T} for g in config.gain_list())]
 
@@ -241,8 +215,7 @@ STATS = ("max_factor", "crossing_gain", "lyapunov_crossing_gain",  # of the summ
 
 
 def summarize(rows):
-    """Per (T, activation) and phase: max factor, gains where factor and exp(lambda_1)
-    cross 1, medians of log(factor) - lambda_1 and of the theories' relative errors."""
+    """Per (T, activation) and phase: `STATS` (crossings: where factor, exp(lambda_1) = 1)."""
     out = []
     for (T, activation), sel in common.group_rows(rows, ("T", "activation"), "gain").items():
         entry, gains = {"T": T, "activation": activation}, [r["gain"] for r in sel]
@@ -271,9 +244,8 @@ def _cell(row, phase, activation):
     """measured / theory [/ rms theory] ‖ log(factor) / lambda_1, or what happened."""
     if row is None or row["status"] == "crashed":
         return "" if row is None else "crashed"
-    factor, theory, rms, log_factor, lyap = (row.get(f"{phase}_{k}") for k in (
-        "factor", "theory", "theory_rms", "log_factor", "lyapunov"))
-    jac = row.get("init_jacobian_factor")
+    factor, theory, rms, log_factor, lyap, jac = (row.get(f"{phase}_{k}") for k in (
+        "factor", "theory", "theory_rms", "log_factor", "lyapunov", "jacobian_factor"))
     if finite(factor):
         rms_text = f" [{fmt(rms)}]" if activation in ("relu", "tanh") and finite(rms) else ""
         text = fmt(factor) + (f" / {fmt(theory)}{rms_text}" if finite(theory) else "")
@@ -288,21 +260,20 @@ def markdown(results, config):
     """results.md: a factor table per length and phase, the summary, all rows."""
     rows, activations = results["rows"], config.activation_list()
     by_key, columns = common.index_rows(rows, GRID), [f"{p}_{k}" for p, _ in PHASES for k in STATS]
-    lines = [
-        f"{common.counts_line(results)} Units {config.units}, {config.train_steps} Adam steps (lr "
-        f"{config.learning_rate:g}, batch {config.batch_size}), loss (MSE) at the last step "
-        f"only, gradients measured on {config.eval_samples} sequences.", "",
-        "Cells: measured per-step factor of ||dL/dh_t|| (fit_decay_factor; < 1 vanishing, > 1 "
-        "exploding) / theory rho * mean|act'(z)| [/ rho * rms act'(z)] ‖ log_factor / lambda1 "
-        "(top Lyapunov exponent, nats per step, same sequences). `overflow@0`: float32 inf/NaN "
-        "at initialisation (jac: float64 Jacobian factor); `diverged@k`: training loss inf/NaN "
-        "at step k."]
+    lines = [f"{common.counts_line(results)} Units {config.units}, {config.train_steps} Adam "
+             f"steps (lr {config.learning_rate:g}, batch {config.batch_size}), loss (MSE) at the "
+             f"last step only, gradients measured on {config.eval_samples} sequences.", "",
+             "Cells: measured per-step factor of ||dL/dh_t|| (fit_decay_factor; < 1 vanishing, "
+             "> 1 exploding) / theory rho * mean|act'(z)| [/ rho * rms act'(z)] ‖ log_factor / "
+             "lambda1 (top Lyapunov exponent, nats per step, same sequences). `overflow@0`: "
+             "float32 inf/NaN at initialisation (jac: float64 Jacobian factor); `diverged@k`: "
+             "training loss inf/NaN at step k."]
     for T in config.length_list():
         for phase, title in PHASES:
+            cells = [[f"{g:g}", *(_cell(by_key.get((T, a, g)), phase, a) for a in activations)]
+                     for g in config.gain_list()]
             lines += common.md_section(f"T = {T}, {title}", *common.md_table(
-                ["gain", *activations],
-                [[f"{g:g}", *(_cell(by_key.get((T, a, g)), phase, a) for a in activations)]
-                 for g in config.gain_list()], "r" + "l" * len(activations)))
+                ["gain", *activations], cells, "r" + "l" * len(activations)))
     lines += common.md_section(
         "Summary per activation and length", "Max factor and crossing gain at init include "
         "the float64 Jacobian factor of configurations that overflowed float32.", "",
@@ -328,14 +299,12 @@ def plot_norms(rows, workdir, config, T, png):
 
     def draw(ax, phase_title, activation):
         (phase, title), curves = phase_title, []
-        for row in filter(None, (by_key.get((T, activation, g)) for g in gains)):
-            gain, factor, status = row["gain"], row.get(f"{phase}_factor"), row["status"]
-            # A curve where the norms are finite, else a label that says why not.
-            why = "crashed" if status == "crashed" else common.status_text(row)
-            label = f", ×{factor:.3g}/step" if finite(factor) else f" ({why})" * (status != "ok")
-            profile = common.config_profile(workdir, row["config_id"], "norms.npz",
-                                           f"{phase}_mean_norms") if finite(factor) else None
-            curves.append((profile, f"g={gain:g}{label}", dict(color=colors[gain], lw=1.3)))
+        for r in filter(None, (by_key.get((T, activation, g)) for g in gains)):
+            factor, why = r.get(f"{phase}_factor"), common.status_text(r).split(":")[0]
+            label = f", ×{factor:.3g}/step" if finite(factor) else f" ({why})" * (why != "ok")
+            norms = common.config_profile(workdir, r["config_id"], "norms.npz",
+                                         f"{phase}_mean_norms") if finite(factor) else None
+            curves.append((norms, f"g={r['gain']:g}{label}", dict(color=colors[r["gain"]], lw=1.3)))
         common.steps_back_panel(ax, f"{activation}, T={T}, {title}", curves)
 
     return common.plot_panels(png, PHASES, config.activation_list(), draw, (4.0, 3.6))
@@ -349,8 +318,7 @@ FACTOR_STYLES = {  # metric: legend label, line style (lyapunov: drawn as exp(la
     "trained_factor": ("measured (trained)", dict(color="C3", marker="x", ls="none")),
     "init_lyapunov": ("exp(λ₁) (init)", dict(color="C2", marker="s", ls="none", mfc="none")),
     "trained_lyapunov": ("exp(λ₁) (trained)", dict(color="C4", marker="+", ls="none", ms=9)),
-    "init_jacobian_factor": ("float64 Jacobian, overflow", dict(color="C1", marker="^", ls="none")),
-}
+    "init_jacobian_factor": ("float64 Jacobian, overflow", dict(color="C1", marker="^", ls="none"))}
 
 
 def plot_factors(rows, config, png):
@@ -380,12 +348,12 @@ def train_and_evaluate(config, workdir):
     start = time.perf_counter()
     records = config.sweep(workdir, configurations(config), functools.partial(
         run_config, settings=config.fixed_settings()), METRIC_NAMES)
-    rows, plots = common.rows_of(records), common.plots_dir(workdir)
-    pngs = [str(plot_norms(rows, workdir, config, T, plots / f"norms_vs_steps_back_T{T}.png"))
+    rows, out = common.rows_of(records), common.plots_dir(workdir)
+    pngs = [plot_norms(rows, workdir, config, T, out / f"norms_vs_steps_back_T{T}.png")
             for T in config.length_list()]
-    pngs.append(str(plot_factors(rows, config, plots / "factor_vs_gain.png")))
+    pngs.append(plot_factors(rows, config, out / "factor_vs_gain.png"))
     results = common.results_of("dynamics", records, time.perf_counter() - start,
-                               summary=summarize(rows), plots=pngs)
+                               summary=summarize(rows), plots=[str(p) for p in pngs])
     return common.save_report(workdir, results, markdown(results, config), config.verbose)
 
 

@@ -1,45 +1,17 @@
 """Long-range memory: where a vanilla RNN stops learning, and why.
 
-Two classic tasks whose difficulty is the distance T that information must
-travel (`experiments.tasks`): the adding problem (Le et al., 2015; metric
-test MSE, baseline 1/6) and copy memory (Arjovsky et al., 2016; test
-cross-entropy in nats per step, baseline `tasks.copy_memory_baseline(T)`).
+The adding problem and copy memory (`experiments.tasks`) over the distance T that
+information must travel, for five models: `rnn_tanh`, `irnn`, `rnn_tanh_clip`,
+`rnn_tanh_clip_omega` and `lstm` (docs/results.md: their definitions, the metrics,
+cost and outputs). Each (task, T, model) trains `train_steps` Adam steps, keeps the
+best validation weights and reports the test metric against the memoryless baseline;
+for the VanillaRNN models `GradientNormCallback` logs ||dL/dh_t|| per timestep.
 
-Five models (the defaults run the first four), 64 units and a Dense head:
-`rnn_tanh` (VanillaRNN, tanh, orthogonal W_hh, Adam); `irnn` (relu, W_hh =
-identity, input weights N(0, 0.001^2) and a small learning rate, as in Le et
-al.); `rnn_tanh_clip` (rnn_tanh with global-norm clipping, Pascanu et al.,
-2013: it tames exploding gradients but cannot bring back vanished ones);
-`lstm` (`keras.layers.LSTM`, the gated reference); `rnn_tanh_clip_omega`
-(rnn_tanh_clip trained on loss + omega_strength x Omega,
-`keras_vrnn.VanishingGradientRegularizer`: the paper's answer to both).
-
-    python -m experiments.long_range                     # defaults, 24 configs
+    python -m experiments.long_range                     # defaults, 24 configs, ~8 min CPU
     python -m experiments.long_range --budget long       # adding T=100, 5 models
-    python -m experiments.long_range --adding_lengths 200,400 \\
-        --copy_lengths 100 --train_steps 5000 --workers 2  # a bigger sweep
-    python -m experiments.long_range --help              # every setting
+    python -m experiments.long_range --help              # every setting, e.g. --workers 2
 
-The defaults cost about 8 minutes of CPU time; the LSTM about as much as the
-three vanilla RNNs together. `--budget long` (the flags of `BUDGETS["long"]`;
-flags after it win) trains the adding problem at T = 100 long enough for the
-LSTM to solve it (docs/results.md: a run, its time). Each (task, T, model) is
-one configuration of a sweep (`experiments.common`: resumable, dask workers, HParams). It trains
-`train_steps` Adam steps on fresh sequences, keeps the weights of the best
-validation loss (checked every `steps_per_epoch` steps) and reports the test
-metric against the baseline (`solved`: below `solved_fraction` x baseline).
-
-For the VanillaRNN models `keras_vrnn.GradientNormCallback` logs
-`||dL/dh_t||` per timestep on a fixed validation batch (TensorBoard,
-logs/gradient_norms.npz, plots/gradient_heatmap.png); the table has the
-fitted per-step factor and the effective horizon at the end of training.
-When T exceeds the horizon the early steps get no gradient and the model
-stays at the baseline. The LSTM has no VanillaRNN layer to probe.
-
-Outputs (`runs/long_range/<run_name>/`): results.json, results.md (metric vs
-T per model), plots/metric_vs_T.png, plots/final_gradient_norms.png (a panel
-per model), plots/gradient_norms_by_model.png (a panel per task and T), and per
-configuration configs/<id>/ (result.json, logs/, plots/, HParams).
+Outputs in runs/long_range/<run_name>/ (resumable, see `experiments.common`).
 """
 
 import dataclasses
@@ -48,7 +20,6 @@ import logging
 import os
 import time
 from typing import ClassVar
-
 
 from experiments import common
 from experiments import tasks
@@ -61,6 +32,7 @@ BUDGETS = {"default": [], "long": [
     "--steps_per_epoch", "250", "--grad_every_n_batches", "500", "--omega_strength", "10",
     "--models", "rnn_tanh,rnn_tanh_clip,irnn,rnn_tanh_clip_omega,lstm"]}
 LAYER = "rnn"
+GRAD_NPZ = os.path.join(common.LOGS_DIR, "gradient_norms.npz")  # GradientNormCallback's log
 METRIC_NAMES = ("metric", "baseline", "metric_ratio", "grad_factor_end", "grad_horizon_end")
 
 
@@ -71,7 +43,6 @@ class Config(common.SweepConfig):
     experiment: ClassVar[str] = "long_range"
     sweep_axes: ClassVar[tuple] = ("adding_lengths", "copy_lengths", "models")
 
-    # An empty list skips the task.
     adding_lengths: str = option("20,50,100", "Comma-separated T of the adding problem ('' skips it).")
     copy_lengths: str = option("10,20,40", "Comma-separated delays T of copy memory ('' skips it).")
     models: str = option("rnn_tanh,irnn,rnn_tanh_clip,lstm", "Comma-separated models: "
@@ -79,21 +50,14 @@ class Config(common.SweepConfig):
     budget: str = option("default", "Preset of the settings (BUDGETS): default, or long "
                          "(adding T=100, 5000 steps, all five models, omega_strength 10).",
                          choices=tuple(BUDGETS))
-    # Arjovsky et al. copy 10 symbols, which stays at the baseline for
-    # thousands of steps beyond the default budget; 3 is learnable in it.
     copy_len: int = option(3, "Copy memory: number of symbols to copy (Arjovsky et al.: 10).")
     n_symbols: int = option(8, "Copy memory: number of data symbols.")
     units: int = option(64, "Units of the recurrent layer.")
     batch_size: int = option(64, "Sequences per training batch.")
-    # Every step sees a fresh batch.
     train_steps: int = option(800, "Adam steps per configuration.")
-    # Validation (best weights) and TensorBoard epoch logs at this interval.
     steps_per_epoch: int = option(100, "Training steps between validations.")
-    # 2e-3 learns the short tasks within the default budget.
     learning_rate: float = option(2e-3, "Adam learning rate of rnn_tanh, rnn_tanh_clip and lstm.")
-    # Le et al. (2015) train IRNNs with a small learning rate.
     irnn_learning_rate: float = option(1e-4, "Adam learning rate of irnn.")
-    # Pascanu et al. (2013): rescale the whole gradient to this norm.
     clipnorm: float = option(1.0, "Global gradient-norm threshold of rnn_tanh_clip(_omega).")
     omega_strength: float = option(1.0, "Weight of Pascanu et al.'s Omega in rnn_tanh_clip_omega.")
     validation_samples: int = option(256, "Validation sequences (best weights).")
@@ -151,8 +115,7 @@ def build_model(task, T, model_name, settings, seed):
     import keras_vrnn
     from experiments import training
 
-    glorot = keras.initializers.GlorotUniform
-    sequences = task == "copy"
+    glorot, sequences = keras.initializers.GlorotUniform, task == "copy"
     if model_name == "lstm":
         rnn = keras.layers.LSTM(settings["units"], return_sequences=sequences, name=LAYER,
                                 kernel_initializer=glorot(seed=seed),
@@ -190,20 +153,24 @@ def build_model(task, T, model_name, settings, seed):
     return model
 
 
+def _logged_layer(npz):
+    """The recurrent layer's logs in GradientNormCallback's NPZ file."""
+    from keras_vrnn import plots
+
+    logs = plots.load_gradient_norms(npz)
+    return logs["layers"][logs["keys"][0]]
+
+
 def _gradient_summary(config_dir):
     """Factor, horizon and spectral radius at the start and end of training
     from the GradientNormCallback logs, and the heat map."""
     from keras_vrnn import plots
 
-    npz = os.path.join(config_dir, common.LOGS_DIR, "gradient_norms.npz")
-    logs = plots.load_gradient_norms(npz)
-    layer = logs["layers"][logs["keys"][0]]
+    layer = _logged_layer(npz := os.path.join(config_dir, GRAD_NPZ))
     png = common.plots_dir(config_dir) / "gradient_heatmap.png"
     plots.plot_gradient_heatmap(npz, str(png))
-    return {"grad_factor_end": float(layer["factor"][-1]),
-            "grad_horizon_end": float(layer["horizon"][-1]),
-            "grad_factor_start": float(layer["factor"][0]),
-            "grad_horizon_start": float(layer["horizon"][0]),
+    return {**{f"grad_{key}_{when}": float(layer[key][i]) for when, i in (("end", -1), ("start", 0))
+               for key in ("factor", "horizon")},
             "spectral_radius_end": float(layer["spectral_radius"][-1]),
             "heatmap": os.path.relpath(png, config_dir)}
 
@@ -243,8 +210,7 @@ def run_config(params, config_dir, settings):
         result.update(status="diverged", diverged_step=monitor.diverged["step"] + 1)
     if result["best_epoch"] is None:  # diverged before any finite validation
         return result
-    # The best weights (EarlyStopping restored them); after a divergence,
-    # those of before it.
+    # The best weights (EarlyStopping restored them): after a divergence, those before it.
     metric = float(model.evaluate(x_test, y_test, batch_size=256, verbose=0))
     return {**result, "metric": metric, "metric_ratio": metric / result["baseline"],
             "solved": metric < s["solved_fraction"] * result["baseline"]}
@@ -318,52 +284,40 @@ def plot_metrics(rows, config, png):
     return common.plot_panels(png, [None], config.tasks(), draw, (5.5, 4.2))
 
 
-def _last_mean_norms(npz):
-    """The last logged mean ||dL/dh_t|| profile of GradientNormCallback's NPZ file."""
-    from keras_vrnn import plots
+def _final_curve(workdir, row, label, color):
+    """`(profile, label, style)`: the last logged mean ||dL/dh_t|| of a configuration
+    (None: not logged), the label with its test metric."""
+    def last(npz):
+        return _logged_layer(npz)["mean_norms"][-1]
 
-    logs = plots.load_gradient_norms(npz)
-    return logs["layers"][logs["keys"][0]]["mean_norms"][-1]
+    profile = row and common.config_profile(workdir, row["config_id"], GRAD_NPZ, read=last)
+    metric = f" ({fmt(row['metric'])})" if row and row.get("metric") else ""
+    return profile, label + metric, dict(color=color)
 
 
-def plot_final_gradients(rows, workdir, config, png):
-    """Mean ||dL/dh_t|| vs steps back at the end of training, a panel per
-    task and VanillaRNN model, a curve per T (None without such models)."""
+def plot_final_gradients(rows, workdir, config, plots):
+    """Mean ||dL/dh_t|| vs steps back at the end of training: final_gradient_norms.png, a
+    panel per task and VanillaRNN model, a curve per T; gradient_norms_by_model.png, a panel
+    per (task, T), a curve per VanillaRNN model ([] without such models)."""
     models, by_key = [m for m in config.model_list() if m != "lstm"], common.index_rows(rows, GRID)
+    colors = {m: f"C{i}" for i, m in enumerate(config.model_list())}  # as in plot_metrics
 
-    def draw(ax, panel, m):
-        (task, lengths), curves = panel, []
-        for k, T in enumerate(lengths):
-            row = by_key.get((task, T, m))
-            profile = row and common.config_profile(
-                workdir, row["config_id"], os.path.join(common.LOGS_DIR, "gradient_norms.npz"),
-                read=_last_mean_norms)
-            if profile is not None:
-                label = f"T={T}" + (f" ({fmt(row['metric'])})" if row.get("metric") else "")
-                curves.append((profile, label, dict(color=f"C{k}")))
-        common.steps_back_panel(ax, f"{task}: {m}, end of training", curves)
+    def per_model(ax, panel, m):
+        task, lengths = panel
+        curves = [_final_curve(workdir, by_key.get((task, T, m)), f"T={T}", f"C{k}")
+                  for k, T in enumerate(lengths)]
+        common.steps_back_panel(ax, f"{task}: {m}, end of training",
+                                [c for c in curves if c[0] is not None])
 
-    return common.plot_panels(png, config.tasks(), models, draw, (4.2, 3.6)) if models else None
+    def per_length(ax, _, panel):
+        common.steps_back_panel(ax, "{}, T={}: end of training".format(*panel), [
+            _final_curve(workdir, by_key.get((*panel, m)), m, colors[m]) for m in models])
 
-
-def plot_gradient_comparison(rows, workdir, config, png):
-    """Mean ||dL/dh_t|| vs steps back at the end of training, a panel per
-    (task, T), a curve per VanillaRNN model (None without such models)."""
-    models, by_key = [m for m in config.model_list() if m != "lstm"], common.index_rows(rows, GRID)
     panels = [(task, T) for task, lengths in config.tasks() for T in lengths]
-
-    def draw(ax, _, panel):
-        curves = []
-        for m in models:
-            row = by_key.get((*panel, m))
-            profile = row and common.config_profile(
-                workdir, row["config_id"], os.path.join(common.LOGS_DIR, "gradient_norms.npz"),
-                read=_last_mean_norms)
-            label = m + (f" ({fmt(row['metric'])})" if row and row.get("metric") else "")
-            curves.append((profile, label, dict(color=f"C{config.model_list().index(m)}")))
-        common.steps_back_panel(ax, "{}, T={}: end of training".format(*panel), curves)
-
-    return common.plot_panels(png, [None], panels, draw, (5.0, 3.8)) if models else None
+    return [common.plot_panels(plots / "final_gradient_norms.png", config.tasks(), models,
+                               per_model, (4.2, 3.6)),
+            common.plot_panels(plots / "gradient_norms_by_model.png", [None], panels,
+                               per_length, (5.0, 3.8))] if models else []
 
 
 def train_and_evaluate(config, workdir):
@@ -374,13 +328,12 @@ def train_and_evaluate(config, workdir):
                            functools.partial(run_config, settings=settings), METRIC_NAMES)
     rows, out = common.rows_of(records), common.plots_dir(workdir)
     pngs = [plot_metrics(rows, config, out / "metric_vs_T.png"),
-            plot_final_gradients(rows, workdir, config, out / "final_gradient_norms.png"),
-            plot_gradient_comparison(rows, workdir, config, out / "gradient_norms_by_model.png")]
+            *plot_final_gradients(rows, workdir, config, out)]
     results = common.results_of(
         "long_range", records, time.perf_counter() - start,
         baselines={f"{task}_T{T}": baseline(task, T, settings)
                    for task, lengths in config.tasks() for T in lengths},
-        plots=[str(p) for p in pngs if p is not None])
+        plots=[str(p) for p in pngs])
     return common.save_report(workdir, results, markdown(results, config), config.verbose)
 
 
