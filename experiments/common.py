@@ -1117,5 +1117,3 @@ def log_log_axes(ax, ticks, **labels):
     ax.minorticks_off()
     ax.grid(True, which="major", alpha=0.3)
 
-
-run_sweep_main = run_main  # noqa: E305 (until the sweeps call run_main)

@@ -273,7 +273,7 @@ def train_and_evaluate(config, workdir):
 
 
 def main(argv=None):
-    return common.run_sweep_main(train_and_evaluate, Config, argv, configurations=configurations)
+    return common.run_main(train_and_evaluate, Config, argv, configurations=configurations)
 
 
 if __name__ == "__main__":

@@ -346,7 +346,7 @@ def main(argv=None):
     pre.add_argument("--budget", default="default")
     budget = pre.parse_known_args(argv)[0].budget
     argv = BUDGETS.get(budget, []) + argv  # an unknown one: the parser's error
-    return common.run_sweep_main(train_and_evaluate, Config, argv, configurations=configurations)
+    return common.run_main(train_and_evaluate, Config, argv, configurations=configurations)
 
 
 if __name__ == "__main__":
