@@ -86,8 +86,9 @@ class VanishingGradientRegularizer(keras.Model):
             omega = omega_value(rnn, sequences, h0, d)
         recurrent = rnn.cell.recurrent_kernel
         extra = self.strength * omega_tape.gradient(omega, recurrent.value)
-        self.optimizer.apply([g + extra if w is recurrent else g for g, w in zip(grads, weights)],
-                             weights)
+        with tf.control_dependencies([omega]):  # Omega reads the weights before they change
+            self.optimizer.apply([tf.identity(g + extra if w is recurrent else g)
+                                  for g, w in zip(grads, weights)], weights)
         self._omega.update_state(omega)
         return {**self.compute_metrics(x, y, y_pred, sample_weight), "omega": self._omega.result()}
 
@@ -105,8 +106,7 @@ class VanishingGradientRegularizer(keras.Model):
 
 
 def omega_value(rnn, sequences, h0, d):
-    """Omega of `rnn` for its inputs `sequences`, initial state `h0` and `d = dE/dh_t`
-    (batch, T, units; input time), as a function of `W_hh` alone."""
+    """Omega of `rnn` for inputs `sequences`, state `h0`, `d = dE/dh_t` (batch, T, units)."""
     import tensorflow as tf
 
     from keras_vrnn import fused_tf  # TensorFlow's kernels: Omega is TensorFlow only

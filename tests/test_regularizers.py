@@ -125,6 +125,25 @@ def test_train_step_adds_strength_times_omega_gradient_to_w_hh_only(ref):
     assert np.abs(fd).max() > 1e-3  # Omega does move W_hh
 
 
+def test_train_step_computes_omega_before_the_update_in_every_model(ref):
+    """In a graph-mode train step (no XLA) nothing but a control dependency
+    orders Omega's reads of the weights before the optimizer's writes; with
+    the race, some of several fresh models logged and applied the Omega of
+    half-updated weights."""
+    x, y = _data()
+    for _ in range(5):
+        model = keras_vrnn.VanishingGradientRegularizer(_adding_model(), strength=3.0)
+        model.compile(keras.optimizers.SGD(0.1), "mse", jit_compile=False)
+        W, U, b, w_out, b_out = [ref.f64(w) for w in model.get_weights()]
+        h_last = ref.rnn_forward(x, W, U, b)[0][:, -1]
+        c = 2.0 / len(x) * ((h_last @ w_out + b_out) - y) @ w_out.T
+        p = {"x": x, "W": W, "U": U, "b": b, "h0": np.zeros((len(x), U.shape[0]))}
+        expected = _omega_reference(ref, p, U, ref.rnn_reference(x, W, U, b, c=c)["dh"],
+                                    "tanh", False)
+        logs = model.train_on_batch(x, y, return_dict=True)
+        assert logs["omega"] == pytest.approx(expected, rel=1e-5)
+
+
 def test_trains_logs_omega_saves_and_loads(tmp_path):
     x, y = _data(n=64, timesteps=8)
     model = keras_vrnn.VanishingGradientRegularizer(_adding_model(8, 8), strength=0.5)
