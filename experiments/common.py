@@ -602,9 +602,13 @@ def run_main(train_and_evaluate, config_cls, argv=None, configurations=None):
             sweep = isinstance(config, SweepConfig)
             if sweep or not resumed:
                 write_json(workdir / CONFIG_FILE, dataclasses.asdict(config))
-            print(f"Resuming sweep in {workdir}" if sweep and resumed else
-                  f"Resuming run in {workdir} from epoch {read_backup(workdir)['epoch']} "
-                  f"(its last backup)" if resumed else f"Run directory: {workdir}", flush=True)
+            if not resumed:
+                print(f"Run directory: {workdir}", flush=True)
+            elif sweep:
+                print(f"Resuming sweep in {workdir}", flush=True)
+            else:
+                print(f"Resuming run in {workdir} from epoch {read_backup(workdir)['epoch']} "
+                      f"(its last backup)", flush=True)
             results = train_and_evaluate(config, workdir)
         except (DataError, FileNotFoundError) as err:
             if not resumed:
@@ -622,10 +626,10 @@ def run_main(train_and_evaluate, config_cls, argv=None, configurations=None):
     finally:
         if lock is not None:
             lock.release()
-    print(f"\nResults and plots: {workdir}/\n  results:     {workdir / RESULTS_FILE}"
-          + (f" (table: {workdir / 'results.md'})" if sweep else "")
-          + f"\n  plots:       {workdir / PLOTS_DIR}/\n  TensorBoard: tensorboard --logdir "
-          + (f"{workdir}  (HParams tab: the sweep)" if sweep else str(workdir / LOGS_DIR)))
+    table = f" (table: {workdir / 'results.md'})" if sweep else ""
+    logs = f"{workdir}  (HParams tab: the sweep)" if sweep else workdir / LOGS_DIR
+    print(f"\nResults and plots: {workdir}/\n  results:     {workdir / RESULTS_FILE}{table}\n"
+          f"  plots:       {workdir / PLOTS_DIR}/\n  TensorBoard: tensorboard --logdir {logs}")
     if status == STATUS_DIVERGED:
         where = results["diverged_at"]
         kept = (f"best checkpoint {CHECKPOINT_FILE}" if results.get("checkpoint")
