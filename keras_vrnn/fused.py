@@ -27,11 +27,10 @@ rec_mask, probe, weight_gradients)`:
   XLA-compiled `tf.while_loop` with `tf.custom_gradient`;
 - `keras_vrnn.fused_jax` (JAX): `lax.scan` with `jax.custom_vjp`;
 - `keras_vrnn.fused_torch` (PyTorch): torch's own RNN kernel and autograd
-  (tanh and relu; no probe, no recurrent dropout while training).
+  (tanh and relu; no recurrent dropout while training).
 
-This module holds what they share and imports none of them. A gradient
-probe (`keras_vrnn.probe`, TensorFlow and JAX): `h_t = act(z_t) + p_t`; its
-gradient is the total dL/dh_t the reverse loop computes anyway.
+This module holds what they share and imports none of them. A gradient probe
+(`keras_vrnn.probe`): `h_t = act(z_t) + p_t`, its gradient the total dL/dh_t.
 """
 
 import keras
@@ -66,8 +65,6 @@ def unsupported_reason(layer, mask, probe=None, training=False):
         return f"activation {layer.cell.activation!r} is not one of {covered}"
     if probe is not None and probe.direct_only:
         return "a direct-only gradient probe cuts the recurrence"
-    if backend == "torch" and probe is not None:
-        return "torch's RNN kernel cannot add a gradient probe"
     if backend == "torch" and training and layer.cell.recurrent_dropout > 0:
         return "torch's RNN kernel has no recurrent dropout"
     return None

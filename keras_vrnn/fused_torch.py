@@ -15,10 +15,14 @@ def recurrence_from_inputs(
     x, kernel, bias, h0, recurrent_kernel, act, rec_mask=None, probe=None,
     weight_gradients=True,
 ):
-    """Same contract as `keras_vrnn.fused_tf.recurrence_from_inputs`, for `act`
-    in `KERNELS` and without `rec_mask` or `probe` (the kernel has neither)."""
-    if rec_mask is not None or probe is not None:
-        raise ValueError("torch's RNN kernel takes no recurrent mask or probe.")
+    """Same contract as `keras_vrnn.fused_tf.recurrence_from_inputs`, for `act` in
+    `KERNELS`, without `rec_mask`. A probe: the state is h_t + p_t, and p_t reaches step
+    t+1 as an extra input with weights U, so autograd's dL/dp_t is the total dL/dh_t."""
+    if rec_mask is not None:
+        raise ValueError("torch's RNN kernel takes no recurrent mask.")
+    if probe is not None:
+        x = torch.cat([x, torch.nn.functional.pad(probe[:, :-1], (0, 0, 1, 0))], -1)
+        kernel = torch.cat([kernel, recurrent_kernel], 0)
     params = [kernel.T.contiguous(), recurrent_kernel.T.contiguous()]
     if bias is not None:
         params += [bias, torch.zeros_like(bias)]
@@ -26,7 +30,5 @@ def recurrence_from_inputs(
     # its workspace for the backward), bidirectional, batch_first). hx is a
     # copy: a stateful layer overwrites its state variable before the backward.
     outputs, _ = KERNELS[act](
-        x, h0[None].clone(), params, bias is not None, 1, 0.0, torch.is_grad_enabled(),
-        False, True,
-    )
-    return outputs
+        x, h0[None].clone(), params, bias is not None, 1, 0.0, torch.is_grad_enabled(), False, True)
+    return outputs if probe is None else outputs + probe

@@ -426,7 +426,7 @@ def test_unsupported_reason():
     direct = probe_lib.Probe(np.zeros((1, 2, 4)), True, True)
     assert "probe" in fused_lib.unsupported_reason(layer, None, direct)
     full = probe_lib.Probe(np.zeros((1, 2, 4)), False, True)
-    assert (fused_lib.unsupported_reason(layer, None, full) is None) == (BACKEND != "torch")
+    assert fused_lib.unsupported_reason(layer, None, full) is None  # every backend
     assert fused_lib.activation_name(None) == "linear"
     assert fused_lib.activation_name(keras.activations.softplus) is None
 
@@ -521,7 +521,8 @@ def test_probe_gradient_is_bptt(
     assert not np.allclose(expected["dh"], expected["direct"])
     # The fused path serves full probes (not torch's kernel); direct-only ones
     # need the generic loop.
-    assert bool(fused_calls) == (kind == "fused" and not direct_only and BACKEND != "torch")
+    fused = kind == "fused" and not direct_only and ref.fused_covers(activation)
+    assert bool(fused_calls) == fused
     # The probe is detached afterwards: a plain call works and matches.
     ref.assert_rel_close(
         layer(p["x"], initial_state=p["h0"]), expected["y"], FWD_TOL, "after"
@@ -568,14 +569,14 @@ def test_direct_only_probe_with_use_fused_true(ref, fused_calls):
     _, grad = _probe_gradient(layer, p["x"], None, p["c"], (3, 5, 4), True)
     np.testing.assert_allclose(grad, p["c"])
     assert not fused_calls
-    # A full probe uses the fused path (on PyTorch the generic loop, again
-    # without an error) and gives the full BPTT gradient.
+    # A full probe uses the fused path (torch's kernel too) and gives the
+    # full BPTT gradient.
     _, grad = _probe_gradient(layer, p["x"], None, p["c"], (3, 5, 4), False)
     expected = ref.rnn_reference(
         p["x"], p["W"], p["U"], p["b"], None, "tanh", False, True, c=p["c"]
     )
     ref.assert_rel_close(grad, expected["dh"], FWD_TOL, "probe gradient")
-    assert bool(fused_calls) == (BACKEND != "torch")
+    assert fused_calls
 
 
 @pytest.mark.parametrize("kind", ["fused", "rnn_cell"])
