@@ -744,7 +744,7 @@ def _write_events(logdir, summaries, suffix):
     from tensorboard.compat.proto import event_pb2
     from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
-    writer = EventFileWriter(logdir, filename_suffix=f".{uuid.uuid4().hex[:8]}{suffix}")
+    writer = EventFileWriter(logdir, filename_suffix=suffix)  # its name is unique already
     for summary in summaries:
         writer.add_event(event_pb2.Event(wall_time=time.time(), step=0, summary=summary))
     writer.close()
@@ -907,8 +907,11 @@ def run_sweep(sweep_dir, configs, fn, *, workers=1, threads=0, scheduler=None,
         raise SweepError(f"Duplicate configuration ids: {sorted({c for c in ids if ids.count(c) > 1})}.")
     check_covers_recorded(sweep_dir, ids)
     write_hparams_config(sweep_dir, [p for _, p in configs], metric_names)
-    records = {cid: {**done, "skipped": True} for cid, done in (
-        (cid, _record(sweep_dir, cid)) for cid in ids) if done and done["status"] in FINISHED}
+    records = {}
+    for cid in ids:
+        done = _record(sweep_dir, cid)
+        if done is not None and done["status"] in FINISHED:
+            records[cid] = {**done, "skipped": True}
     todo = [(cid, params) for cid, params in configs if cid not in records]
     if progress and records:
         print(f"{label}: {len(records)} of {len(configs)} configurations finished before, skipped")
