@@ -42,8 +42,8 @@ class VanillaRNN(keras.layers.RNN):
     linear, with or without bias, dropout, recurrent dropout, `go_backwards`,
     `initial_state`, `stateful`, `return_sequences` and `return_state`. On
     PyTorch it is torch's own RNN kernel (cuDNN on NVIDIA GPUs): tanh or
-    relu, the same options except recurrent dropout while training, and no
-    gradient probe. Everything else (a mask, `unroll=True`, other
+    relu, the same options except recurrent dropout while training, gradient
+    probes included. Everything else (a mask, `unroll=True`, other
     activations) runs the generic `keras.layers.RNN` loop. Environment
     variables (TensorFlow): see `keras_vrnn.fused_tf`.
 
