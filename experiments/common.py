@@ -60,6 +60,7 @@ CONFIG_FILE, RESULTS_FILE, HISTORY_FILE = "config.json", "results.json", "histor
 CHECKPOINT_FILE, LOCK_FILE = "model.keras", ".lock"
 LOGS_DIR, PLOTS_DIR, BACKUP_DIR = "logs", "plots", "backup"
 BACKUP_METADATA_FILE = "training_metadata.json"
+GRADIENT_NORMS_FILE = os.path.join(LOGS_DIR, "gradient_norms.npz")  # GradientNormCallback's
 MANIFEST, RESULT, CONFIGS_DIR = "sweep.json", "result.json", "configs"
 STATUSES, FINISHED = ("ok", "diverged", "crashed"), ("ok", "diverged")
 # Seconds to sleep after every training batch, so that tests can kill a run
@@ -705,7 +706,7 @@ def plot_gradient_norms(workdir):
     the run's logs/gradient_norms.npz (nothing if it has none)."""
     from keras_vrnn import plots
 
-    npz = pathlib.Path(workdir) / LOGS_DIR / "gradient_norms.npz"
+    npz = pathlib.Path(workdir) / GRADIENT_NORMS_FILE
     if not npz.exists():
         return []
     out = plots_dir(workdir)
@@ -713,6 +714,16 @@ def plot_gradient_norms(workdir):
     plots.plot_gradient_heatmap(str(npz), str(pngs[0]))
     plots.plot_norms_vs_steps_back(str(npz), str(pngs[1]))
     return pngs
+
+
+def logged_layer(npz):
+    """The logs of the model's one VanillaRNN layer in GradientNormCallback's
+    NPZ file (`keras_vrnn.plots`' reader), float64, with the logged `steps`."""
+    from keras_vrnn import plots
+
+    logs = plots.load_gradient_norms(npz)
+    layer = {k: np.asarray(v, np.float64) for k, v in logs["layers"][logs["keys"][0]].items()}
+    return {**layer, "steps": logs["steps"]}
 
 
 def format_table(rows, headers):

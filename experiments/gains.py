@@ -91,20 +91,10 @@ class Config(common.SweepConfig, text.Config):
         return text.Config(**{**values, "recurrent_gain": gain})
 
 
-def _layer_logs(npz_file):
-    """The logs of the model's one VanillaRNN layer (`keras_vrnn.plots`'s
-    reader), float64, with the logged `steps`."""
-    from keras_vrnn import plots
-
-    logs = plots.load_gradient_norms(npz_file)
-    layer = {k: np.asarray(v, np.float64) for k, v in logs["layers"][logs["keys"][0]].items()}
-    return {**layer, "steps": logs["steps"]}
-
-
-def gradient_summary(logs_dir):
+def gradient_summary(config_dir):
     """Start and end of training from GradientNormCallback's NPZ file: the
     last-step factor and horizon, lambda_1 and the spectral radius."""
-    layer = _layer_logs(os.path.join(logs_dir, "gradient_norms.npz"))
+    layer = common.logged_layer(os.path.join(config_dir, common.GRADIENT_NORMS_FILE))
     factor, horizon = layer["last_step_factor"], layer["last_step_horizon"]
     lyapunov, radius = layer["lyapunov"][:, 0], layer["spectral_radius"]
     return {"factor_start": factor[0], "factor_end": factor[-1],
@@ -142,7 +132,7 @@ def run_gain(params, config_dir, config):
         states.update(state_summary(keras.saving.load_model(checkpoint), x_val, "end"))
     if results["status"] == common.STATUS_OK:  # finished: its backup is not needed
         shutil.rmtree(os.path.join(config_dir, common.BACKUP_DIR), ignore_errors=True)
-    metrics = {**gradient_summary(os.path.join(config_dir, common.LOGS_DIR)), **states,
+    metrics = {**gradient_summary(config_dir), **states,
                "train_s": results["train_time_s"]}
     if results["status"] == common.STATUS_DIVERGED:
         return {**metrics, "status": "diverged",
@@ -204,18 +194,18 @@ def _exp(value):
 
 
 def _last_step_norms(npz_file, row):
-    return _layer_logs(npz_file)["last_step_mean_norms"][row]
+    return common.logged_layer(npz_file)["last_step_mean_norms"][row]
 
 
 def _factors(npz_file):
-    layer = _layer_logs(npz_file)
+    layer = common.logged_layer(npz_file)
     return layer["steps"], layer["last_step_factor"]
 
 
 def plot_credit(rows, workdir, png):
     """||dl_T/dh_t|| vs steps back per gain at initialisation and at the end
     of training, and the fitted per-step factor during training."""
-    npz = os.path.join(common.LOGS_DIR, "gradient_norms.npz")
+    npz = common.GRADIENT_NORMS_FILE
 
     def profile(row, log):
         return common.config_profile(workdir, row["config_id"], npz, read=functools.partial(

@@ -32,7 +32,6 @@ BUDGETS = {"default": [], "long": [
     "--steps_per_epoch", "250", "--grad_every_n_batches", "500", "--omega_strength", "10",
     "--models", "rnn_tanh,rnn_tanh_clip,irnn,rnn_tanh_clip_omega,lstm"]}
 LAYER = "rnn"
-GRAD_NPZ = os.path.join(common.LOGS_DIR, "gradient_norms.npz")  # GradientNormCallback's log
 METRIC_NAMES = ("metric", "baseline", "metric_ratio", "grad_factor_end", "grad_horizon_end")
 
 
@@ -153,20 +152,12 @@ def build_model(task, T, model_name, settings, seed):
     return model
 
 
-def _logged_layer(npz):
-    """The recurrent layer's logs in GradientNormCallback's NPZ file."""
-    from keras_vrnn import plots
-
-    logs = plots.load_gradient_norms(npz)
-    return logs["layers"][logs["keys"][0]]
-
-
 def _gradient_summary(config_dir):
     """Factor, horizon and spectral radius at the start and end of training
     from the GradientNormCallback logs, and the heat map."""
     from keras_vrnn import plots
 
-    layer = _logged_layer(npz := os.path.join(config_dir, GRAD_NPZ))
+    layer = common.logged_layer(npz := os.path.join(config_dir, common.GRADIENT_NORMS_FILE))
     png = common.plots_dir(config_dir) / "gradient_heatmap.png"
     plots.plot_gradient_heatmap(npz, str(png))
     return {**{f"grad_{key}_{when}": float(layer[key][i]) for when, i in (("end", -1), ("start", 0))
@@ -288,9 +279,10 @@ def _final_curve(workdir, row, label, color):
     """`(profile, label, style)`: the last logged mean ||dL/dh_t|| of a configuration
     (None: not logged), the label with its test metric."""
     def last(npz):
-        return _logged_layer(npz)["mean_norms"][-1]
+        return common.logged_layer(npz)["mean_norms"][-1]
 
-    profile = row and common.config_profile(workdir, row["config_id"], GRAD_NPZ, read=last)
+    profile = row and common.config_profile(workdir, row["config_id"], common.GRADIENT_NORMS_FILE,
+                                              read=last)
     metric = f" ({fmt(row['metric'])})" if row and row.get("metric") else ""
     return profile, label + metric, dict(color=color)
 
