@@ -76,15 +76,6 @@ class SweepError(ValueError):
     """A sweep cannot start (bad directory or settings)."""
 
 
-class Diverged(Exception):
-    """Raised by a sweep configuration whose training became inf/NaN at
-    `step`; the `metrics` measured before are kept in its record."""
-
-    def __init__(self, step, message="", metrics=None):
-        super().__init__(message or f"diverged at step {step}")
-        self.step, self.metrics = step, dict(metrics or {})
-
-
 def fail(err):
     """Prints one line `error: <message>` on stderr and exits with status 2."""
     print(f"error: {' '.join(str(err).split()) or type(err).__name__}", file=sys.stderr)
@@ -215,9 +206,37 @@ def split_list(name, text, kind, minimum=None, choices=None):
 # --- Config and command line ---------------------------------------------------
 
 
-def option(default, help, choices=None):  # noqa: A002 (argparse's name)
-    """A config field: its default, its `--help` text and allowed values."""
-    return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
+def option(default, help, choices=None, at_least=None, below=None, note=""):  # noqa: A002
+    """A config field: its default, its `--help` text and the values
+    `validate` accepts: one of `choices`, or a number >= `at_least` (without
+    it: an int >= 1, a float > 0) and < `below`; None where the default is."""
+    return dataclasses.field(default=default, metadata={
+        "help": help, "choices": choices, "at_least": at_least, "below": below, "note": note})
+
+
+def _unwrap(hint):
+    """`int` for `Optional[int]`, the type itself otherwise."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return next(a for a in typing.get_args(hint) if a is not type(None))
+    return hint
+
+
+def check_field(field, value, kind):
+    """`value` of the config `field` of type `kind`, checked against its `option`."""
+    meta, name = field.metadata, field.name
+    if value is None and field.default is None:
+        return value
+    if meta.get("choices"):
+        return check_choice(name, value, meta["choices"])
+    low = meta.get("at_least")
+    if kind is int:
+        minimum = 1 if low is None else low
+        return check_int(name, value, minimum, example=field.default if (
+            isinstance(field.default, int) and field.default >= minimum) else None)
+    if kind is float:
+        return check_number(name, value, low=low or 0.0, high=meta.get("below"),
+                            low_ok=low is not None, note=meta.get("note", ""))
+    return value
 
 
 @dataclasses.dataclass
@@ -228,7 +247,7 @@ class BaseConfig:
     # Settings that may change when a run is resumed (how, not what).
     resume_ignores: ClassVar[tuple] = ("verbose",)
 
-    seed: int = option(0, "Random seed (Python, NumPy, backend, data order).")
+    seed: int = option(0, "Random seed (Python, NumPy, backend, data order).", at_least=0)
     grad_every_n_batches: int = option(
         50, "Measure per-timestep BPTT gradient norms every N training batches.")
     verbose: int = option(1, "Keras progress output: 0 silent, 1 progress bar, "
@@ -241,9 +260,11 @@ class BaseConfig:
         "finished run is never overwritten.")
 
     def validate(self):
-        check_int("seed", self.seed, minimum=0)
-        check_int("grad_every_n_batches", self.grad_every_n_batches)
-        check_choice("verbose", self.verbose, (0, 1, 2))
+        """Checks every field against its `option`; subclasses add the rest."""
+        hints = typing.get_type_hints(type(self))
+        for field in dataclasses.fields(self):
+            if _unwrap(hints[field.name]) is not bool:
+                check_field(field, getattr(self, field.name), _unwrap(hints[field.name]))
         if not isinstance(self.workdir_root, str) or not self.workdir_root:
             raise ValueError(f"Received: workdir_root={self.workdir_root!r}. Expected "
                              f"a non-empty directory path, e.g. --workdir_root runs.")
@@ -268,7 +289,8 @@ class TrainingConfig(BaseConfig):
     epochs: int = option(8, "Number of epochs.")
     learning_rate: float = option(3e-3, "Learning rate of the optimizer.")
     optimizer: str = option("adam", "Optimizer.", choices=OPTIMIZERS)
-    clipnorm: float = option(1.0, "Global gradient-norm clipping threshold (0: off).")
+    clipnorm: float = option(1.0, "Global gradient-norm clipping threshold (0: off).",
+                             at_least=0, note="0 turns clipping off")
     strategy: str = option(
         "default", "Distribution: default (one device), mirrored (tf.distribute."
         "MirroredStrategy over all local GPUs, or all logical CPUs without a "
@@ -283,15 +305,6 @@ class TrainingConfig(BaseConfig):
 
     def validate(self):
         super().validate()
-        for name, example in (("hidden", 64), ("batch_size", 32), ("epochs", 8)):
-            check_int(name, getattr(self, name), example=example)
-        check_choice("activation", self.activation, ACTIVATIONS)
-        if self.recurrent_gain is not None:
-            check_number("recurrent_gain", self.recurrent_gain)
-        check_number("learning_rate", self.learning_rate)
-        check_choice("optimizer", self.optimizer, OPTIMIZERS)
-        check_number("clipnorm", self.clipnorm, low_ok=True, note="0 turns clipping off")
-        check_choice("strategy", self.strategy, STRATEGIES)
         if self.init_from is not None:
             check_keras_file("init_from", self.init_from)
         if self.strategy == "multi-worker":
@@ -315,7 +328,8 @@ class SweepConfig(BaseConfig):
 
     workers: int = option(1, "Worker processes of a local dask cluster for the "
                           "configurations; 1 runs them in this process.")
-    threads: int = option(0, "TensorFlow threads per local worker (0: cpu_count // workers).")
+    threads: int = option(0, "TensorFlow threads per local worker (0: cpu_count // workers).",
+                          at_least=0)
     scheduler: typing.Optional[str] = option(
         None, "Address of a running dask scheduler, e.g. tcp://10.0.0.5:8786, whose "
         "workers run the configurations (they must see the run dir at the same path).")
@@ -329,8 +343,6 @@ class SweepConfig(BaseConfig):
 
     def validate(self):
         super().validate()
-        check_int("workers", self.workers, example=2)
-        check_int("threads", self.threads, minimum=0)
         if self.scheduler is not None and not re.fullmatch(r"\w+://\S+:\d+", self.scheduler):
             raise ValueError(f"Received: scheduler={self.scheduler!r}. Expected a dask "
                              f"scheduler address, e.g. --scheduler tcp://127.0.0.1:8786.")
@@ -359,19 +371,12 @@ resuming: run the same command (same --run_name) again after an interruption: it
 
 class _OneLineParser(argparse.ArgumentParser):
     def error(self, message):
-        message = re.sub(r"^argument (--\S+?)(/--no-\S+)?: (?=Received:)", "", message)
+        wrong = re.match(r"argument --(\S+): invalid (int|float) value: (.*)", message)
+        if wrong:
+            name, kind, value = wrong.groups()
+            message = f"Received: {name}={value}. Expected {'an integer' if kind == 'int' else 'a number'}."
         message = re.sub(r"^argument (--\S+?)(/--no-\S+)?: ", r"\1: ", message)
         self.exit(USAGE_EXIT_CODE, f"error: {' '.join(message.split())} (see {self.prog} --help)\n")
-
-
-def _flag_type(kind, name):
-    def parse(text):
-        try:
-            return kind(text)
-        except ValueError:
-            what = {int: "an integer", float: "a number"}.get(kind, kind.__name__)
-            raise argparse.ArgumentTypeError(f"Received: {name}={text!r}. Expected {what}.") from None
-    return parse
 
 
 def parse_config(config_cls, argv=None, description=None, prog=None):
@@ -382,9 +387,7 @@ def parse_config(config_cls, argv=None, description=None, prog=None):
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     hints = typing.get_type_hints(config_cls)
     for field in dataclasses.fields(config_cls):
-        kind, help_text = hints[field.name], field.metadata.get("help", "")
-        if typing.get_origin(kind) in (typing.Union, types.UnionType):
-            kind = next(a for a in typing.get_args(kind) if a is not type(None))
+        kind, help_text = _unwrap(hints[field.name]), field.metadata.get("help", "")
         if "default" not in help_text.lower():
             help_text += f" (default: {_shown(field.default)})"
         flag, help_text = f"--{field.name}", help_text.replace("%", "%%")
@@ -393,7 +396,7 @@ def parse_config(config_cls, argv=None, description=None, prog=None):
                                 default=field.default, help=help_text)
         else:
             choices = field.metadata.get("choices")
-            parser.add_argument(flag, type=_flag_type(kind, field.name), default=field.default,
+            parser.add_argument(flag, type=kind, default=field.default,
                                 help=help_text, choices=choices,
                                 metavar=None if choices else kind.__name__.upper())
     return config_cls(**vars(parser.parse_args(argv)))
@@ -861,9 +864,10 @@ def prepare_sweep_dir(sweep_dir, experiment, settings, config_ids=None, axes=Non
 
 def execute_config(fn, config_id, params, config_dir):
     """Runs `fn(params, config_dir) -> metrics` for one configuration (here or
-    on a dask worker) and stores its record: "ok", "diverged" (`Diverged`,
-    or `{"status": "diverged", "diverged_step": step}`) or "crashed" with the
-    one-line error (traceback.txt); never raises for the configuration's errors."""
+    on a dask worker) and stores its record: "ok", "diverged" (`fn` returned
+    `{"status": "diverged", "diverged_step": step, ...}`; `error` optional) or
+    "crashed" with the one-line error (traceback.txt); never raises for the
+    configuration's errors."""
     shutil.rmtree(config_dir, ignore_errors=True)  # an interrupted attempt's leftovers
     os.makedirs(config_dir)
     record = {"config_id": config_id, "params": dict(params), "status": "ok",
@@ -873,9 +877,6 @@ def execute_config(fn, config_id, params, config_dir):
         metrics = dict(fn(dict(params), config_dir) or {})
         record.update(status=metrics.pop("status", "ok"), error=metrics.pop("error", None),
                       diverged_step=metrics.pop("diverged_step", None), metrics=metrics)
-    except Diverged as exc:
-        record.update(status="diverged", diverged_step=exc.step, error=str(exc),
-                      metrics=exc.metrics)
     except Exception as exc:  # noqa: BLE001 (a crash is a result here)
         record.update(status="crashed", error=_one_line(exc))
         pathlib.Path(config_dir, "traceback.txt").write_text(traceback.format_exc())

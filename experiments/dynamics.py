@@ -44,10 +44,11 @@ class Config(common.SweepConfig):
     units: int = option(32, "Units of the VanillaRNN layer.")
     batch_size: int = option(64, "Sequences per training batch.")
     train_steps: int = option(300, "Adam steps, enough to move the weights, not to solve the "
-                              "task (0: measure at init only).")
+                              "task (0: measure at init only).", at_least=0)
     steps_per_epoch: int = option(50, "Training steps per (logged) epoch.")
     learning_rate: float = option(1e-3, "Adam learning rate.")
-    clipnorm: float = option(0.0, "Global gradient-norm clipping (0: off, the raw dynamics).")
+    clipnorm: float = option(0.0, "Global gradient-norm clipping (0: off, the raw dynamics).",
+                             at_least=0, note="0 turns clipping off")
     eval_samples: int = option(128, "Fixed batch on which the gradient norms are measured.")
     grad_every_n_batches: int = option(150, "Also log the gradient norms during training "
                                        "every N batches (GradientNormCallback, TensorBoard).")
@@ -58,15 +59,9 @@ class Config(common.SweepConfig):
             raise ValueError(f"Received: gains={self.gains!r}. Expected positive gains, "
                              f"e.g. --gains 0.5,1.0,2.0.")
         self.activation_list()
-        for name in ("target_steps", "units", "batch_size", "steps_per_epoch", "eval_samples"):
-            common.check_int(name, getattr(self, name))
         if self.target_steps >= min(self.length_list()):
             raise ValueError(f"Received: target_steps={self.target_steps} with lengths "
                              f"{self.lengths!r}. Expected target_steps < every length.")
-        common.check_int("train_steps", self.train_steps, minimum=0)
-        for name in ("input_scale", "learning_rate"):
-            common.check_number(name, getattr(self, name))
-        common.check_number("clipnorm", self.clipnorm, low_ok=True, note="0 turns clipping off")
 
     def gain_list(self):
         return common.split_list("gains", self.gains, float)

@@ -50,7 +50,7 @@ class Config(common.SweepConfig):
                          "(adding T=100, 5000 steps, all five models, omega_strength 10).",
                          choices=tuple(BUDGETS))
     copy_len: int = option(3, "Copy memory: number of symbols to copy (Arjovsky et al.: 10).")
-    n_symbols: int = option(8, "Copy memory: number of data symbols.")
+    n_symbols: int = option(8, "Copy memory: number of data symbols.", at_least=2)
     units: int = option(64, "Units of the recurrent layer.")
     batch_size: int = option(64, "Sequences per training batch.")
     train_steps: int = option(800, "Adam steps per configuration.")
@@ -58,12 +58,13 @@ class Config(common.SweepConfig):
     learning_rate: float = option(2e-3, "Adam learning rate of rnn_tanh, rnn_tanh_clip and lstm.")
     irnn_learning_rate: float = option(1e-4, "Adam learning rate of irnn.")
     clipnorm: float = option(1.0, "Global gradient-norm threshold of rnn_tanh_clip(_omega).")
-    omega_strength: float = option(1.0, "Weight of Pascanu et al.'s Omega in rnn_tanh_clip_omega.")
+    omega_strength: float = option(1.0, "Weight of Pascanu et al.'s Omega in rnn_tanh_clip_omega.",
+                                  at_least=0)
     validation_samples: int = option(256, "Validation sequences (best weights).")
     # A multiple of 256 (the evaluation batch): one batch shape to compile.
     test_samples: int = option(1024, "Test sequences for the final metric.")
     solved_fraction: float = option(
-        0.5, "A run counts as solved when its metric is below this x baseline.")
+        0.5, "A run counts as solved when its metric is below this x baseline.", below=1)
     grad_every_n_batches: int = option(
         200, "Log per-timestep BPTT gradient norms every N training batches.")
     grad_samples: int = option(64, "Validation sequences used for the gradient-norm logging.")
@@ -74,14 +75,6 @@ class Config(common.SweepConfig):
             raise ValueError("Received: adding_lengths='' and copy_lengths=''. Expected at "
                              "least one task, e.g. --adding_lengths 20,50.")
         self.model_list()
-        for name in ("copy_len", "units", "batch_size", "train_steps", "steps_per_epoch",
-                     "validation_samples", "test_samples", "grad_samples"):
-            common.check_int(name, getattr(self, name))
-        common.check_int("n_symbols", self.n_symbols, minimum=2)
-        common.check_number("omega_strength", self.omega_strength, low_ok=True)
-        for name in ("learning_rate", "irnn_learning_rate", "clipnorm"):
-            common.check_number(name, getattr(self, name))
-        common.check_number("solved_fraction", self.solved_fraction, high=1)
 
     def tasks(self):
         """`[(task, [T, ...])]` of the tasks with lengths."""

@@ -59,21 +59,22 @@ class Config(common.TrainingConfig):
     text_file: Optional[str] = option(
         None, "UTF-8 text file to model (default: the Shakespeare plays).")
     # The first 2M characters are ~15 plays: plenty for the default budget.
-    max_chars: int = option(2_000_000, "Use only the first N characters of the text (0: all).")
+    max_chars: int = option(2_000_000, "Use only the first N characters of the text (0: all).",
+                            at_least=0)
     # Length of the training windows = number of BPTT steps.
     seq_len: int = option(64, "Characters per training window (BPTT steps).")
     # The end of the text, unseen in training (100k characters by default).
     validation_fraction: float = option(
-        0.05, "Fraction of the text (its end) held out for validation.")
+        0.05, "Fraction of the text (its end) held out for validation.", below=1)
     # 0: a fixed one-hot input (an identity embedding, not trained).
-    embed_dim: int = option(32, "Size of the character embedding (0: one-hot input).")
+    embed_dim: int = option(32, "Size of the character embedding (0: one-hot input).", at_least=0)
     # 8 x 125 batches of 64 x 64 chars: ~4M characters seen in ~1.5 min.
     steps_per_epoch: int = option(125, "Training batches per epoch.")
     sample_prompt: str = option(
         DEFAULT_PROMPT, "Text the sample starts from (in bash, $'ROMEO:\\n' for a "
         "newline) (default: 'ROMEO:\\n', or for a text that lacks one of its "
         "characters the start of the text's first line).")
-    sample_length: int = option(400, "Number of characters to sample.")
+    sample_length: int = option(400, "Number of characters to sample.", at_least=0)
     # < 1 sharpens the distribution (safer text), > 1 flattens it.
     temperature: float = option(0.8, "Sampling temperature (> 0).")
 
@@ -82,16 +83,9 @@ class Config(common.TrainingConfig):
         if self.text_file == "":
             raise ValueError("Received: text_file=''. Expected the path of a UTF-8 "
                              "text file, or no --text_file for the Shakespeare plays.")
-        common.check_int("max_chars", self.max_chars, minimum=0)
-        common.check_int("seq_len", self.seq_len, example=64)
-        common.check_number("validation_fraction", self.validation_fraction, high=1)
-        common.check_int("embed_dim", self.embed_dim, minimum=0)
-        common.check_int("steps_per_epoch", self.steps_per_epoch)
         if not self.sample_prompt:
             raise ValueError("Received: sample_prompt=''. Expected at least one "
                              "character to start the sample from, e.g. --sample_prompt 'ROMEO:'.")
-        common.check_int("sample_length", self.sample_length, minimum=0)
-        common.check_number("temperature", self.temperature)
 
 
 def fallback_prompt(text, max_chars=FALLBACK_PROMPT_CHARS):

@@ -63,9 +63,10 @@ class Config(common.TrainingConfig):
     window: int = option(24, "Past values the model sees (BPTT steps).")
     horizon: int = option(1, "Future values to forecast.")
     # The test fraction is the rest: 1 - train - validation.
-    train_fraction: float = option(0.7, "Fraction of the series (its start) for training.")
+    train_fraction: float = option(0.7, "Fraction of the series (its start) for training.",
+                                   below=1)
     validation_fraction: float = option(
-        0.15, "Fraction after the training part for validation (rest: test).")
+        0.15, "Fraction after the training part for validation (rest: test).", below=1)
     # A small network and batch for a few hundred windows.
     hidden: int = option(32, "Units of the VanillaRNN layer.")
     batch_size: int = option(32, "Windows per training batch (global: split across replicas).")
@@ -80,12 +81,6 @@ class Config(common.TrainingConfig):
             if getattr(self, name) == "":
                 raise ValueError(f"Received: {name}=''. Expected a CSV path or column "
                                  f"name, or no --{name}.")
-        if self.period is not None:
-            common.check_int("period", self.period, example=12)
-        common.check_int("window", self.window, example=24)
-        common.check_int("horizon", self.horizon, example=1)
-        common.check_number("train_fraction", self.train_fraction, high=1)
-        common.check_number("validation_fraction", self.validation_fraction, high=1)
         if self.train_fraction + self.validation_fraction >= 1.0:
             raise ValueError(
                 f"Received: train_fraction={self.train_fraction}, validation_fraction="

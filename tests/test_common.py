@@ -23,15 +23,13 @@ class ToyConfig(common.BaseConfig):
 
     # Units of the toy layer.
     hidden: int = common.option(16, "Units of the toy layer.")
-    rate: float = common.option(0.5, "A fraction.")
+    rate: float = common.option(0.5, "A fraction.", below=1)
     name: str = common.option("abc", "A name.", choices=("abc", "xyz"))
     path: Optional[str] = common.option(None, "An optional path.")
     shuffle: bool = common.option(True, "Shuffle the toy data.")
-
-    def validate(self):
-        super().validate()
-        common.check_int("hidden", self.hidden, example=16)
-        common.check_number("rate", self.rate, high=1)
+    skip: int = common.option(0, "Items to skip.", at_least=0)
+    clip: float = common.option(1.0, "A threshold.", at_least=0, note="0 turns it off")
+    size: Optional[int] = common.option(None, "An optional size.")
 
 
 # ---------------------------------------------------------------------------
@@ -89,7 +87,14 @@ def test_bad_command_line_is_one_error_line(capsys, argv, fragment):
 @pytest.mark.parametrize(
     "changes, message",
     [
-        ({"hidden": 0}, "Received: hidden=0. Expected a positive integer"),
+        ({"hidden": 0}, "Received: hidden=0. Expected a positive integer (e.g. --hidden 16)"),
+        ({"hidden": 2.0}, "Received: hidden=2.0. Expected a positive integer"),
+        ({"hidden": True}, "Received: hidden=True. Expected a positive integer"),
+        ({"name": "nope"}, "Received: name='nope'. Expected one of ['abc', 'xyz']"),
+        ({"skip": -1}, "Received: skip=-1. Expected an integer >= 0"),
+        ({"clip": -0.5}, "clip=-0.5. Expected a finite number >= 0 (0 turns it off)"),
+        ({"clip": math.inf}, "clip=inf. Expected a finite number >= 0"),
+        ({"size": 0}, "Received: size=0. Expected a positive integer."),
         ({"hidden": -3}, "Received: hidden=-3. Expected a positive integer"),
         ({"rate": 1.0}, "Received: rate=1.0. Expected a number strictly between 0"),
         ({"rate": 0}, "rate=0. Expected a number strictly between 0 and 1"),

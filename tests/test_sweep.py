@@ -31,7 +31,8 @@ def toy_fn(params, config_dir):
     if not np.all(np.isfinite(norms)) or params["scale"] > 1e3:
         return {"status": "diverged", "diverged_step": 3, "last": float("inf")}
     if params["scale"] > 100:
-        raise common.Diverged(5, "overflow in toy", metrics={"partial": 1.5})
+        return {"status": "diverged", "diverged_step": 5, "error": "overflow in toy",
+                "partial": 1.5}
     np.save(os.path.join(config_dir, "norms.npy"), norms)
     return {"loss": float(norms.sum()), "factor": float(norms[-1] / norms[0])}
 
