@@ -13,7 +13,7 @@ line on stderr without their start-up time.
 A run dir `<workdir_root>/<experiment>/<run_name>/` (default name: the UTC start
 time) holds config.json, results.json, plots/ and logs/ (TensorBoard); a training
 run adds model.keras (best validation loss), history.json and, until it ends,
-backup/; a sweep adds sweep.json and configs/<config id>/ (result.json, logs/,
+backup/; a sweep adds configs/<config id>/ (result.json, logs/,
 HParams). Exit status: 0 finished; 2 bad settings or data (one line `error: ...`,
 nothing created or changed); 3 training diverged (NaN/inf loss or weights:
 stopped at once, results.json has `"status": "diverged"` and `diverged_at`;
@@ -61,7 +61,7 @@ CHECKPOINT_FILE, LOCK_FILE = "model.keras", ".lock"
 LOGS_DIR, PLOTS_DIR, BACKUP_DIR = "logs", "plots", "backup"
 BACKUP_METADATA_FILE = "training_metadata.json"
 GRADIENT_NORMS_FILE = os.path.join(LOGS_DIR, "gradient_norms.npz")  # GradientNormCallback's
-MANIFEST, RESULT, CONFIGS_DIR = "sweep.json", "result.json", "configs"
+RESULT, CONFIGS_DIR = "result.json", "configs"
 STATUSES, FINISHED = ("ok", "diverged", "crashed"), ("ok", "diverged")
 # Seconds to sleep after every training batch, so that tests can kill a run
 # in the middle of an epoch.
@@ -246,6 +246,8 @@ class BaseConfig:
     experiment: ClassVar[str] = "experiment"
     # Settings that may change when a run is resumed (how, not what).
     resume_ignores: ClassVar[tuple] = ("verbose",)
+    # A sweep's comma-separated list fields: they may grow when it is resumed.
+    sweep_axes: ClassVar[tuple] = ()
 
     seed: int = option(0, "Random seed (Python, NumPy, backend, data order).", at_least=0)
     grad_every_n_batches: int = option(
@@ -318,13 +320,11 @@ class TrainingConfig(BaseConfig):
 
 @dataclasses.dataclass
 class SweepConfig(BaseConfig):
-    """Settings of every sweep; a subclass names its `sweep_axes`, the
-    comma-separated list fields that span the sweep."""
+    """Settings of every sweep; a subclass names its `sweep_axes`."""
 
-    sweep_axes: ClassVar[tuple] = ()
     # Fields that change where and how, not what, is computed.
-    execution_fields: ClassVar[tuple] = ("workers", "threads", "scheduler", "verbose",
-                                         "run_name", "workdir_root")
+    resume_ignores: ClassVar[tuple] = ("workers", "threads", "scheduler", "verbose",
+                                       "run_name", "workdir_root")
 
     workers: int = option(1, "Worker processes of a local dask cluster for the "
                           "configurations; 1 runs them in this process.")
@@ -349,7 +349,7 @@ class SweepConfig(BaseConfig):
 
     def fixed_settings(self):
         """The settings that must match when a sweep is resumed."""
-        skip = set(self.execution_fields) | set(self.sweep_axes)
+        skip = set(self.resume_ignores) | set(self.sweep_axes)
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
 
     def sweep(self, workdir, configs, fn, metric_names):
@@ -520,38 +520,41 @@ def read_backup(workdir):
 
 
 def open_run_dir(config, configurations=None):
-    """`(workdir, resumed, lock)`: a new run dir, or the unfinished run of the
-    same settings under `--run_name` (a sweep: `prepare_sweep_dir`, no lock)."""
-    run_name = config.run_name
+    """`(workdir, resumed, lock)`: a new run dir, or the run under `--run_name`
+    whose config.json holds the same settings (but for `resume_ignores` and a
+    sweep's axes): an unfinished training run (locked), or any sweep whose
+    swept values cover its recorded configurations (no lock: dask workers
+    write there)."""
+    run_name, sweep = config.run_name, isinstance(config, SweepConfig)
     if getattr(config, "strategy", None) == "multi-worker":
         kind, index, is_chief = multi_worker_task()
         run_name = run_name if is_chief else f"{run_name}.{kind}-{index}"
     path = pathlib.Path(config.workdir_root) / config.experiment / str(run_name)
-    if isinstance(config, SweepConfig):
-        ids = [cid for cid, _ in configurations(config)] if configurations else None
-        path = path if run_name and path.exists() else new_run_dir(
-            config.experiment, run_name, config.workdir_root)
-        return path, prepare_sweep_dir(str(path), config.experiment, config.fixed_settings(),
-                                       ids, {k: getattr(config, k) for k in config.sweep_axes}), None
     if run_name is None or not path.is_dir():
         workdir = new_run_dir(config.experiment, run_name, config.workdir_root)
-        return workdir, False, _lock(workdir)
+        return workdir, False, None if sweep else _lock(workdir)
     saved = read_json(path / CONFIG_FILE)
-    if (path / RESULTS_FILE).exists():
+    if (path / RESULTS_FILE).exists() and not sweep:
         problem = f"already exists and is a finished run (it has {RESULTS_FILE}). {_NEVER}"
-    elif not isinstance(config, TrainingConfig):
+    elif not isinstance(config, (TrainingConfig, SweepConfig)):
         problem = f"already exists. {_NEVER}"
-    elif read_backup(path) is None:
+    elif not sweep and read_backup(path) is None:
         problem = f"already exists and has no backup to resume from (no epoch of it finished). {_NEVER}"
     elif not isinstance(saved, dict):
         problem = f"has no readable {CONFIG_FILE} to resume with. {_NEVER}"
     else:
-        current = dataclasses.asdict(config)
+        current, ignored = dataclasses.asdict(config), (*config.resume_ignores, *config.sweep_axes)
         differences = [f"{k}: {saved.get(k)!r} there, {current.get(k)!r} now"
                        for k in sorted(set(current) | set(saved))
-                       if k not in config.resume_ignores and saved.get(k) != current.get(k)]
-        problem = (f"holds an unfinished run with other settings ({'; '.join(differences)}). "
-                   f"Expected the same command to resume it, or a new --run_name.")
+                       if k not in ignored and saved.get(k) != jsonable(current.get(k))]
+        problem = (f"holds {'a sweep' if sweep else 'an unfinished run'} with other settings "
+                   f"({'; '.join(differences)}). Expected the same command to resume it, "
+                   f"or a new --run_name.")
+        if not differences and sweep:
+            ids = [cid for cid, _ in configurations(config)] if configurations else None
+            if ids is not None:
+                check_covers_recorded(str(path), ids, {k: getattr(config, k) for k in config.sweep_axes})
+            return path, True, None
         if not differences:
             lock = _lock(path)  # checked first: a refused run creates no lock file
             if not (path / RESULTS_FILE).exists():
@@ -832,34 +835,6 @@ def check_covers_recorded(sweep_dir, config_ids, axes=None):
         f"recorded configuration(s) that this sweep leaves out ({shown}{earlier}). "
         f"Expected swept values that include every recorded configuration (the report "
         f"covers all of them), or a new --run_name.")
-
-
-def prepare_sweep_dir(sweep_dir, experiment, settings, config_ids=None, axes=None):
-    """Creates the manifest of a new sweep dir (returns False) or checks an
-    existing one for resuming (returns True): `SweepError` if it is no sweep
-    of `experiment`, has other settings or leaves out recorded configurations."""
-    path, settings = os.path.join(sweep_dir, MANIFEST), jsonable(settings)
-    if not (os.path.isdir(sweep_dir) and os.listdir(sweep_dir)):
-        os.makedirs(os.path.join(sweep_dir, CONFIGS_DIR), exist_ok=True)
-        write_json(path, {"experiment": experiment, "settings": settings})
-        return False
-    manifest = read_json(path)
-    if not isinstance(manifest, dict):
-        raise SweepError(f"Run dir {sweep_dir} already exists and is not a sweep (no "
-                         f"readable {MANIFEST}); it is never overwritten. Pass a new --run_name.")
-    if manifest.get("experiment") != experiment:
-        raise SweepError(f"Run dir {sweep_dir} holds a sweep of experiment "
-                         f"{manifest.get('experiment')!r}, not {experiment!r}. Pass a new --run_name.")
-    old = manifest.get("settings", {})
-    differences = [f"{k}: {old.get(k, '<unset>')!r} -> {settings.get(k, '<unset>')!r}"
-                   for k in sorted(set(old) | set(settings)) if old.get(k) != settings.get(k)]
-    if differences:
-        raise SweepError(f"Run dir {sweep_dir} holds a sweep with other settings "
-                         f"({'; '.join(differences)}); resuming would mix results. Rerun with "
-                         f"the same settings to resume, or pass a new --run_name.")
-    if config_ids is not None:
-        check_covers_recorded(sweep_dir, config_ids, axes)
-    return True
 
 
 def execute_config(fn, config_id, params, config_dir):

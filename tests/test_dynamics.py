@@ -185,7 +185,7 @@ def test_tiny_sweep_end_to_end(tmp_path, capsys):
         dynamics.main(argv + ["--units", "5"])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: Run dir") and "units: 4 -> 5" in err
+    assert err.startswith("error: Received: run_name='tiny'") and "units: 4 there, 5 now" in err
 
 
 def test_rerun_that_leaves_out_configurations_is_refused(tmp_path, capsys):
@@ -217,7 +217,7 @@ def test_rerun_that_leaves_out_configurations_is_refused(tmp_path, capsys):
     assert err.count("\n") == 1 and err.startswith("error: Received: gains='0.9'")
     assert "linear_g1.1_T10" in err and "earlier: gains='0.9,1.1'" in err
     assert "--run_name" in err
-    assert snapshot() == before  # results.json, config.json, manifest as they were
+    assert snapshot() == before  # results.json and config.json as they were
 
     # More gains: the finished ones are reused, the report has all three.
     _, grown = dynamics.main(argv + ["--gains", "0.9,1.1,1.2"])

@@ -3,11 +3,13 @@ workers (a LocalCluster, and a scheduler and workers started as separate
 processes), HParams events. The configuration function here is pure NumPy,
 so the engine is tested in seconds (the workers never import TensorFlow)."""
 
+import dataclasses
 import json
 import os
 import subprocess
 import sys
 import time
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -59,10 +61,28 @@ def _calls(sweep_dir):
     return open(path).read().split() if os.path.exists(path) else []
 
 
-def _prepare(tmp_path, name="sw", settings=None):
-    d = str(tmp_path / name)
-    resumed = common.prepare_sweep_dir(d, "toy", settings or {"steps": 10})
-    return d, resumed
+@dataclasses.dataclass
+class ToySweep(common.SweepConfig):
+    """A toy sweep over `scales` (the configurations of `_configs`)."""
+
+    experiment: ClassVar[str] = "toy"
+    sweep_axes: ClassVar[tuple] = ("scales",)
+
+    scales: str = common.option("0.5,1,2", "Comma-separated scales.")
+    steps: int = common.option(10, "Steps.")
+
+    def configurations(self):
+        return _configs(scales=common.split_list("scales", self.scales, float))
+
+
+def _prepare(tmp_path, name="sw", **settings):
+    """The run dir of a ToySweep named `name` (with its config.json, as
+    `run_main` writes it) and whether it resumes one."""
+    config = ToySweep(workdir_root=str(tmp_path), run_name=name, **settings)
+    path, resumed, lock = common.open_run_dir(config, ToySweep.configurations)
+    assert lock is None  # sweeps hold no lock: dask workers write there
+    common.write_json(path / "config.json", dataclasses.asdict(config))
+    return str(path), resumed
 
 
 def test_crash_and_divergence_are_recorded_and_sweep_continues(tmp_path):
@@ -102,16 +122,17 @@ def test_rerun_skips_finished_configs_and_retries_crashed(tmp_path):
 
 
 def test_resume_refuses_changed_settings_and_foreign_dirs(tmp_path):
-    _prepare(tmp_path, settings={"steps": 10})
-    with pytest.raises(common.SweepError, match=r"other settings \(steps: 10 -> 20\)"):
-        _prepare(tmp_path, settings={"steps": 20})
-    plain = tmp_path / "plain"
+    d, _ = _prepare(tmp_path, steps=10)
+    common.save_results(d, {"experiment": "toy"})  # a finished sweep resumes too
+    assert _prepare(tmp_path, steps=10, workers=3, verbose=0) == (d, True)
+    with pytest.raises(ValueError, match=r"holds a sweep with other settings \(steps: 10 "
+                                         r"there, 20 now\)"):
+        _prepare(tmp_path, steps=20)
+    plain = tmp_path / "toy" / "plain"
     plain.mkdir()
     (plain / "results.json").write_text("{}")
-    with pytest.raises(common.SweepError, match="not a sweep"):
-        common.prepare_sweep_dir(str(plain), "toy", {})
-    with pytest.raises(common.SweepError, match="experiment 'toy'"):
-        common.prepare_sweep_dir(str(tmp_path / "sw"), "other", {"steps": 10})
+    with pytest.raises(ValueError, match="has no readable config.json"):
+        _prepare(tmp_path, "plain")
 
 
 def test_leaving_out_recorded_configs_is_refused(tmp_path):
@@ -120,23 +141,20 @@ def test_leaving_out_recorded_configs_is_refused(tmp_path):
     # An interrupted attempt (no result.json) holds no result: not counted.
     os.makedirs(os.path.join(d, "configs", "s8"))
     assert common.recorded_config_ids(d) == ["s0.5", "s1", "s2"]  # s1 crashed
-    manifest = open(os.path.join(d, common.MANIFEST)).read()
-    subset = [cid for cid, _ in _configs(scales=(0.5,))]
+    saved = open(os.path.join(d, "config.json")).read()
     with pytest.raises(common.SweepError) as excinfo:
-        common.prepare_sweep_dir(d, "toy", {"steps": 10}, config_ids=subset)
+        _prepare(tmp_path, scales="0.5")
     message = str(excinfo.value)
-    assert message.startswith("Received: 1 configuration(s) for run dir")
-    assert "2 recorded configuration(s)" in message and "(s1, s2)" in message
-    assert open(os.path.join(d, common.MANIFEST)).read() == manifest  # unchanged
+    assert message.startswith("Received: scales='0.5' for run dir")
+    assert "2 recorded configuration(s)" in message and "(s1, s2; earlier: " in message
+    assert open(os.path.join(d, "config.json")).read() == saved  # unchanged
     # run_sweep itself refuses too, before it runs or writes anything.
     calls = _calls(d)
     with pytest.raises(common.SweepError, match=r"leaves out \(s1, s2\)"):
         common.run_sweep(d, _configs(scales=(0.5, 4.0)), toy_fn, progress=False)
     assert _calls(d) == calls and not os.path.exists(os.path.join(d, "configs", "s4"))
     # A superset resumes: every recorded configuration is in the records.
-    assert common.prepare_sweep_dir(
-        d, "toy", {"steps": 10}, config_ids=[c for c, _ in _configs(extra=(8.0,))]
-    )
+    assert _prepare(tmp_path, scales="0.5,1,2,8") == (d, True)
     records = common.run_sweep(d, _configs(extra=(8.0,)), toy_fn, progress=False)
     assert [r["config_id"] for r in records] == ["s0.5", "s1", "s2", "s8"]
 
