@@ -479,8 +479,24 @@ def test_cache_key_ignores_where_the_checkout_and_tensorflow_live(
 
 def test_concurrent_builds_make_one_file(tmp_path):
     # Two processes (as pytest-xdist workers are) building into an empty
-    # cache: one builds, the other waits for it; one file, no leftovers.
-    env = dict(os.environ, KERAS_VRNN_CACHE=str(tmp_path), TF_CPP_MIN_LOG_LEVEL="3")
+    # cache: one builds, the other waits for it; one file, no leftovers. The
+    # "compiler" logs each compile, waits so that the builds overlap and
+    # copies this machine's real library (the compile itself is tested above).
+    built = _lib() and native.library_path()
+    cxx = tmp_path / "cxx"
+    cxx.mkdir()
+    log, script = cxx / "compiles.log", cxx / "copying-cxx"
+    script.write_text(
+        "#!/bin/sh\n"
+        'if [ "$1" = --version ]; then echo "copying-cxx 1.0"; exit 0; fi\n'
+        f'echo compile >> "{log}"\n'
+        'while [ "$1" != -o ]; do shift; done\n'
+        f'sleep 3 && cp "{built}" "$2"\n'
+    )
+    script.chmod(0o755)
+    cache = tmp_path / "cache"
+    env = dict(os.environ, KERAS_VRNN_CACHE=str(cache), KERAS_VRNN_CXX=str(script),
+               TF_CPP_MIN_LOG_LEVEL="3")
     command = [sys.executable, "-m", "keras_vrnn.native"]
     procs = [
         subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE,
@@ -489,10 +505,11 @@ def test_concurrent_builds_make_one_file(tmp_path):
     ]
     outputs = [proc.communicate(timeout=600) for proc in procs]
     assert [proc.returncode for proc in procs] == [0, 0], outputs
+    assert log.read_text().splitlines() == ["compile"]  # the second one waited
     # Each prints the library's path, then what each dtype runs.
     paths = {line[len("library: "):] for out, _ in outputs for line in out.splitlines()
              if line.startswith("library: ")}
     assert len(paths) == 1
     assert all(out.strip().splitlines()[-1].startswith("float64: Eigen") for out, _ in outputs)
-    assert sorted(p.suffix for p in tmp_path.iterdir()) == [".lock", ".so"]
+    assert sorted(p.suffix for p in cache.iterdir()) == [".lock", ".so"]
     assert os.path.getsize(paths.pop()) > 0
