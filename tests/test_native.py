@@ -423,6 +423,13 @@ def test_each_cpu_family_gets_its_isa(target):
 def test_compiles_for_every_cpu_family(isa, tmp_path):
     # What each family of TARGETS builds, compiled (not run) on any machine,
     # so a header that breaks under one instruction set shows up everywhere.
+    # The library this machine built of that set (`make test` builds it first)
+    # already is that compile: its name keys the source, compiler and flags,
+    # and it is written only after the compiler succeeded.
+    built = native.library_path(isa)
+    if built.exists():
+        assert built.stat().st_size > 0 and not native.failure_record(built).exists()
+        return
     command = native._build_command(tmp_path / "ops.o", isa)
     command = [a for a in command if a not in ("-shared", "-O3") and not a.startswith(("-l", "-L"))]
     done = subprocess.run([*command, "-c", "-O0"], capture_output=True, text=True)
