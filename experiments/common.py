@@ -2,8 +2,9 @@
 
 An experiment is one module of four parts, as in the flax examples:
 `Config` (a dataclass of `BaseConfig`, `TrainingConfig` or `SweepConfig`, one
-`option(default, help)` per setting, every field a flag `--name value`, and a
-`validate()` raising one-line "Received: ... Expected ..." errors),
+`option(default, help, <allowed values>)` per setting, every field a flag
+`--name value`; `validate()` checks each field against its option and raises
+one-line "Received: ... Expected ..." errors; a subclass adds what spans fields),
 `build_model`, `train_and_evaluate(config, workdir) -> results` (data first,
 raising `DataError` before heavy work, then `experiments.training` for Keras)
 and `main(argv=None)`, which returns `run_main(train_and_evaluate, Config, argv)`.
