@@ -189,10 +189,13 @@ def test_local_dask_cluster_matches_in_process(tmp_path, capsys):
 
 def test_a_dying_worker_process_is_a_crash_record(tmp_path):
     import dask
+    import distributed  # noqa: F401 (its config defaults exist before the set below)
 
     d, _ = _prepare(tmp_path)
     configs = _configs(scales=(0.5,)) + [("die", {"die": True, "scale": 1.0, "seed": 3})]
     # No retries on other workers: the first death is the configuration's.
+    # (Set before distributed is imported, the whole "distributed" section
+    # would count as new and be removed again on exit, its defaults with it.)
     with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
         records = common.run_sweep(d, configs, dying_fn, workers=2, progress=False)
     assert [r["status"] for r in records] == ["ok", "crashed"]
