@@ -86,9 +86,9 @@ class VanishingGradientRegularizer(keras.Model):
             omega = omega_value(rnn, sequences, h0, d)
         recurrent = rnn.cell.recurrent_kernel
         extra = self.strength * omega_tape.gradient(omega, recurrent.value)
+        grads = [g + extra if w is recurrent else g for g, w in zip(grads, weights)]
         with tf.control_dependencies([omega]):  # Omega reads the weights before they change
-            self.optimizer.apply([tf.identity(g + extra if w is recurrent else g)
-                                  for g, w in zip(grads, weights)], weights)
+            self.optimizer.apply([g if g is None else tf.identity(g) for g in grads], weights)
         self._omega.update_state(omega)
         return {**self.compute_metrics(x, y, y_pred, sample_weight), "omega": self._omega.result()}
 

@@ -144,6 +144,25 @@ def test_train_step_computes_omega_before_the_update_in_every_model(ref):
         assert logs["omega"] == pytest.approx(expected, rel=1e-5)
 
 
+def test_a_weight_without_gradient_is_left_alone():
+    """A trainable weight the loss does not reach (None gradient) is skipped by
+    the optimizer, as in a plain model; the rest trains."""
+    x, y = _data()
+    sequential = _adding_model()
+    inner = keras.Model(sequential.inputs, sequential.outputs)
+    inner.unused = keras.layers.Dense(3, name="unused")  # tracked, never called
+    inner.unused.build((None, 4))
+    assert len(inner.trainable_weights) == 7
+    model = keras_vrnn.VanishingGradientRegularizer(inner, strength=1.0)
+    model.compile(keras.optimizers.SGD(0.1), "mse", jit_compile=False)
+    unused, rnn = inner.unused.get_weights(), inner.get_layer("rnn").get_weights()
+    logs = model.train_on_batch(x, y, return_dict=True)
+    assert np.isfinite(logs["omega"])
+    for before, after in zip(unused, inner.unused.get_weights()):
+        np.testing.assert_array_equal(before, after)
+    assert not np.array_equal(rnn[1], inner.get_layer("rnn").get_weights()[1])
+
+
 def test_trains_logs_omega_saves_and_loads(tmp_path):
     x, y = _data(n=64, timesteps=8)
     model = keras_vrnn.VanishingGradientRegularizer(_adding_model(8, 8), strength=0.5)
